@@ -1,0 +1,51 @@
+# Single source of truth for humans and CI. `make help` lists the targets.
+PY      ?= python3.11
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: help setup run test test-fast lint typecheck bench bundle-models bundle-data clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) on PATH"; exit 1; }
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install tickcast with its dev tools
+
+run: $(STAMP)  ## the main job on its embedded default (bundled data, bundled models)
+	$(BIN)/tickcast run
+
+test: $(STAMP)  ## lint, type-check and the whole test suite (what CI runs)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+test-fast: $(STAMP)  ## the suite without the slow training tests
+	$(BIN)/pytest -m 'not slow'
+
+lint: $(STAMP)  ## ruff lint + format check
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+typecheck: $(STAMP)  ## mypy (strict) on model/ and streamer/
+	$(BIN)/mypy
+
+bench: $(STAMP)  ## per-tick cost table (installs the bench extra: keras, torch)
+	$(BIN)/pip install -q -e '.[bench]'
+	$(BIN)/python bench/step_bench.py
+
+bundle-models: $(STAMP)  ## retrain the bundled models (minutes each)
+	$(BIN)/tickcast bundle
+
+bundle-data:  ## regenerate model/datasets from the source packages (installs the data extra)
+	$(BIN)/pip install -q -e '.[data]'
+	$(BIN)/python scripts/bundle_data.py
+
+clean:  ## remove the virtual environment and caches
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache out

@@ -1,0 +1,197 @@
+"""Checkpoints: Orbax for the weights, a JSON metadata file for everything else.
+
+Layout of a model directory:
+
+    DIR/metadata.json   format, version id, model config, feature statistics, data range, scores
+    DIR/params/         Orbax StandardCheckpointer tree of the LSTM's parameters
+
+`load(DIR)` returns a ready `Predictor`. It refuses, with a `CheckpointError` that says why,
+a directory whose format is from other code, whose config does not build, or whose stored
+arrays do not have the shapes the config implies, so a bad checkpoint never replaces a
+serving model.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from model.config import ModelConfig
+from model.features import FeatureStats
+from model.lstm import LSTMForecaster, Params, params_of
+from model.runtime import Runtime
+
+__all__ = ["FORMAT", "CheckpointError", "Predictor", "load", "save"]
+
+FORMAT = "tickcast-lstm/1"  # bump when the parameter layout or feature semantics change
+META = "metadata.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that cannot serve with this code: missing, corrupt or mismatched."""
+
+
+@dataclass
+class Predictor:
+    """A loaded model: parameters, config, feature statistics and metadata."""
+
+    model: LSTMForecaster
+    config: ModelConfig
+    stats: FeatureStats
+    metadata: dict[str, Any]
+
+    @property
+    def version(self) -> str:
+        return str(self.metadata["version"])
+
+    @property
+    def params(self) -> Params:
+        return params_of(self.model)
+
+    def runtime(self, n_slots: int, **kwargs: Any) -> Runtime:
+        """A fresh `Runtime` with `n_slots` symbol slots running this model."""
+        return Runtime(self.params, self.config, n_slots, **kwargs)
+
+
+def _param_tree(model: LSTMForecaster) -> dict[str, Any]:
+    """The parameters as nested dicts with string keys (Orbax stores list indices as text)."""
+
+    def str_keys(t: Any) -> Any:
+        return {str(k): str_keys(v) for k, v in t.items()} if isinstance(t, dict) else t
+
+    return dict(str_keys(nnx.to_pure_dict(nnx.state(model, nnx.Param))))
+
+
+def _int_keys(t: Any) -> Any:
+    if not isinstance(t, dict):
+        return t
+    return {(int(k) if k.isdigit() else k): _int_keys(v) for k, v in t.items()}
+
+
+def _digest(tree: dict[str, Any]) -> str:
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(tree):
+        h.update(np.asarray(leaf).tobytes())
+    return h.hexdigest()
+
+
+def save(
+    path: str | Path,
+    model: LSTMForecaster,
+    stats: FeatureStats,
+    extra: dict[str, Any] | None = None,
+    *,
+    overwrite: bool = False,
+) -> str:
+    """Write `model` to directory `path`; returns the new version id.
+
+    The version id is the UTC time plus a digest of the weights, so retraining to identical
+    weights gives an identical digest and any change of weights a new id.
+    """
+    path = Path(path).resolve()
+    if path.exists():
+        if not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    tree = _param_tree(model)
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{_digest(tree)[:8]}"
+    ckpt = ocp.StandardCheckpointer()
+    ckpt.save(path / "params", tree)
+    ckpt.wait_until_finished()
+    ckpt.close()
+    meta = {
+        "format": FORMAT,
+        "version": version,
+        "created": datetime.now(UTC).isoformat(),
+        "config": model.config.to_dict(),
+        "feature_stats": stats.to_dict(),
+        "param_digest": _digest(tree),
+        **(extra or {}),
+    }
+    (path / META).write_text(json.dumps(meta, indent=2, default=float) + "\n")
+    return version
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """The metadata of a model directory, checked for format; raises `CheckpointError`."""
+    f = Path(path) / META
+    try:
+        meta = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"{path}: no {META}; not a tickcast model directory") from None
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{f}: unreadable metadata ({e})") from e
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise CheckpointError(f"{path}: format {got!r}, this code reads {FORMAT!r}")
+    return meta
+
+
+def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
+    """Load a model directory into a ready `Predictor`.
+
+    Args:
+      path: the model directory.
+      expect: if given, the checkpoint's config must equal it (a server swapping models
+        refuses one with other features or shapes than the stream it serves).
+
+    Raises:
+      CheckpointError: missing or corrupt files, unknown format, config that does not match
+        `expect`, or stored arrays whose shapes differ from what the config builds.
+    """
+    path = Path(path).resolve()
+    meta = read_metadata(path)
+    try:
+        config = ModelConfig.from_dict(meta["config"])
+        stats = FeatureStats(**meta["feature_stats"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{path}: config or feature statistics invalid ({e})") from e
+    if expect is not None and config != expect:
+        raise CheckpointError(f"{path}: config {config} does not match the serving config {expect}")
+    if not (path / "params").is_dir():
+        raise CheckpointError(f"{path}: no params/ directory; the weights are missing")
+    model = LSTMForecaster(config, rngs=nnx.Rngs(0))
+    target = _param_tree(model)
+    ckpt = ocp.StandardCheckpointer()
+    try:
+        stored = ckpt.metadata(path / "params")
+        stored_tree = getattr(stored, "item_metadata", stored)
+        want = {
+            jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(target)
+        }
+        have = {
+            jax.tree_util.keystr(k): tuple(v.shape)
+            for k, v in jax.tree_util.tree_leaves_with_path(stored_tree)
+        }
+        if want != have:
+            diff = sorted(set(want.items()) ^ set(have.items()))[:4]
+            raise CheckpointError(f"{path}: stored parameters do not match the config: {diff}")
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+        restored = ckpt.restore(path / "params", abstract)
+    except CheckpointError:
+        raise
+    except Exception as e:  # Orbax raises many types for missing or corrupt files
+        raise CheckpointError(f"{path}: cannot restore parameters ({type(e).__name__}: {e})") from e
+    finally:
+        ckpt.close()
+    leaves = jax.tree.leaves(restored)
+    if not all(np.all(np.isfinite(np.asarray(a))) for a in leaves):
+        raise CheckpointError(f"{path}: parameters contain NaN or inf")
+    if "param_digest" in meta and _digest(restored) != meta["param_digest"]:
+        raise CheckpointError(f"{path}: parameter digest differs from metadata (corrupt or edited)")
+    state = nnx.state(model, nnx.Param)
+    nnx.replace_by_pure_dict(state, _int_keys(restored))
+    nnx.update(model, state)
+    return Predictor(model=model, config=config, stats=stats, metadata=meta)

@@ -1,0 +1,206 @@
+"""Series loading: bundled real data, any `timestamp,symbol,price[,volume,...]` CSV, synthetic.
+
+A `Series` is one symbol's ticks in time order. Splits are chronological with cut times
+shared by all symbols of a data set, so no symbol trains on a period another is tested on.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+__all__ = [
+    "BUNDLED",
+    "Series",
+    "Split",
+    "bundled_path",
+    "load",
+    "load_csv",
+    "split_times",
+    "synthetic",
+]
+
+DATASETS = Path(__file__).resolve().parent / "datasets"
+BUNDLED: dict[str, str] = {
+    "taylor": "England & Wales electricity demand (MW), half-hourly, 2000 (pmdarima)",
+    "msft": "MSFT daily close 1986-2017 (pmdarima)",
+    "stocks": "AAPL, GOOG, IBM, MSFT daily adjusted close 2000-2013 (bokeh_sampledata)",
+    "sp500": "S&P 500 daily adjusted close 1999-2018 (arch)",
+    "nasdaq": "NASDAQ Composite daily adjusted close 1999-2018 (arch)",
+}
+REQUIRED = ("timestamp", "symbol", "price")
+
+
+@dataclass
+class Series:
+    """One symbol's ticks, sorted by time.
+
+    ts: epoch milliseconds `[time]` int64; price `[time]` float64 (> 0);
+    volume `[time]` float64 or None when the source has no volume.
+    """
+
+    symbol: str
+    ts: np.ndarray
+    price: np.ndarray
+    volume: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.price)
+
+    def __post_init__(self) -> None:
+        if len(self.ts) != len(self.price) or (
+            self.volume is not None and len(self.volume) != len(self.price)
+        ):
+            raise ValueError(f"{self.symbol}: ts, price and volume must have the same length")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Chronological cut times (epoch ms): train < val_start <= val < test_start <= test."""
+
+    val_start: int
+    test_start: int
+
+    def indices(self, s: Series) -> tuple[int, int]:
+        """Row indices where `s`'s validation and test parts start."""
+        return int(np.searchsorted(s.ts, self.val_start)), int(
+            np.searchsorted(s.ts, self.test_start)
+        )
+
+
+class DataError(ValueError):
+    """A data file that cannot be used, with the reason."""
+
+
+def bundled_path(name: str) -> Path:
+    if name not in BUNDLED:
+        raise DataError(f"unknown bundled data set {name!r}; bundled: {', '.join(BUNDLED)}")
+    return DATASETS / f"{name}.csv"
+
+
+def load(spec: str) -> list[Series]:
+    """Load a bundled data set by name (`taylor`, `msft`, ...) or a CSV file by path."""
+    if spec in BUNDLED:
+        return load_csv(bundled_path(spec))
+    path = Path(spec)
+    if not path.exists():
+        raise DataError(f"{spec!r} is neither a file nor a bundled data set ({', '.join(BUNDLED)})")
+    return load_csv(path)
+
+
+def _parse_ts(raw: str) -> int:
+    raw = raw.strip()
+    try:
+        return int(float(raw)) if raw.replace(".", "", 1).isdigit() else _iso_ms(raw)
+    except ValueError as e:
+        raise DataError(f"bad timestamp {raw!r}: ISO-8601 or epoch milliseconds expected") from e
+
+
+def _iso_ms(raw: str) -> int:
+    d = datetime.fromisoformat(raw)
+    if d.tzinfo is None:
+        d = d.replace(tzinfo=UTC)
+    return round(d.timestamp() * 1000)
+
+
+def load_csv(path: str | Path) -> list[Series]:
+    """Read `timestamp,symbol,price` (+ optional `volume` and other numeric columns).
+
+    Rows may come in any order and interleave symbols; each symbol is sorted by time.
+    Other numeric columns are accepted and ignored. Raises `DataError` naming the row.
+    """
+    path = Path(path)
+    per: dict[str, list[tuple[int, float, float]]] = {}
+    with path.open(newline="") as f:
+        reader = csv.DictReader(f)
+        header = [h.strip() for h in (reader.fieldnames or [])]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing:
+            raise DataError(
+                f"{path}: header lacks {missing}; expected timestamp,symbol,price[,volume]"
+            )
+        has_volume = "volume" in header
+        for lineno, row in enumerate(reader, start=2):
+            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
+            try:
+                price = float(row["price"])
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: price {row['price']!r} is not a number") from e
+            if not math.isfinite(price) or price <= 0:
+                raise DataError(f"{path}:{lineno}: price must be finite and > 0, got {price}")
+            vol = float(row["volume"]) if has_volume and row.get("volume") else math.nan
+            try:
+                when = _parse_ts(row["timestamp"])
+            except DataError as e:
+                raise DataError(f"{path}:{lineno}: {e}") from None
+            per.setdefault(row["symbol"] or "SERIES", []).append((when, price, vol))
+    if not per:
+        raise DataError(f"{path}: no rows")
+    out = []
+    for sym, rows in per.items():
+        rows.sort(key=lambda r: r[0])
+        arr = np.array(rows, dtype=np.float64)
+        ts = arr[:, 0].astype(np.int64)
+        if np.any(np.diff(ts) <= 0):
+            raise DataError(f"{path}: symbol {sym} has duplicate timestamps")
+        vols = arr[:, 2]
+        volume = None if np.isnan(vols).all() else np.nan_to_num(vols, nan=0.0)
+        out.append(Series(sym, ts, arr[:, 1].copy(), volume))
+    return out
+
+
+def split_times(series: list[Series], val_fraction: float, test_fraction: float) -> Split:
+    """Cut times at the pooled time quantiles, shared by every symbol.
+
+    For a single series this is an index split: the last `test_fraction` of rows is the
+    test part, the `val_fraction` before it validation, the rest training.
+    """
+    ts = np.sort(np.concatenate([s.ts for s in series]))
+    n = len(ts)
+    n_test = round(n * test_fraction)
+    n_val = round(n * val_fraction)
+    if n_test < 2 or n - n_test - n_val < 2:
+        raise DataError(f"{n} rows are too few for a {val_fraction}/{test_fraction} split")
+    return Split(val_start=int(ts[n - n_test - n_val]), test_start=int(ts[n - n_test]))
+
+
+def synthetic(
+    n_symbols: int = 4,
+    n_steps: int = 2000,
+    *,
+    seed: int = 0,
+    kind: str = "seasonal",
+    period: int = 48,
+    step_ms: int = 1_800_000,
+    start_ms: int = 946_684_800_000,
+) -> list[Series]:
+    """Synthetic series for tests.
+
+    kind="random_walk": geometric random walk (nothing beats persistence);
+    kind="seasonal": a level with a daily cycle of `period` steps plus AR(1) noise
+    (a model with state or a time-of-day feature beats persistence).
+    """
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n_symbols):
+        ts = start_ms + step_ms * np.arange(n_steps, dtype=np.int64)
+        if kind == "random_walk":
+            r = rng.normal(0.0, 0.01, n_steps)
+            price = 100.0 * np.exp(np.cumsum(r))
+        elif kind == "seasonal":
+            phase = 2 * np.pi * np.arange(n_steps) / period
+            noise = np.zeros(n_steps)
+            e = rng.normal(0.0, 0.01, n_steps)
+            for t in range(1, n_steps):
+                noise[t] = 0.8 * noise[t - 1] + e[t]
+            price = (50.0 + 10 * k) * np.exp(0.2 * np.sin(phase + k) + noise)
+        else:
+            raise ValueError(f"unknown synthetic kind {kind!r}")
+        volume = rng.lognormal(10.0, 0.5, n_steps)
+        out.append(Series(f"S{k:03d}", ts, price, volume))
+    return out

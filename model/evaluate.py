@@ -1,0 +1,269 @@
+"""Walk-forward evaluation against persistence and AR(60), and the real-vs-predicted plot.
+
+Every forecast targets tick t+1 and is made from ticks <= t only. The model is scored two
+ways over the same test forecasts:
+
+* `stateful` (the live way): each symbol's slot in a `model.runtime.Runtime` is warmed from
+  the `window` ticks before the test split, then advanced one `step` per tick, carrying
+  `(h, c)` to the end. This is exactly what the server does.
+* `window` (the tutorial's way): a fresh pass over the last `window` ticks for every forecast.
+
+Baselines: persistence (next = last) and a least-squares AR on the last 60 levels with an
+intercept, fitted per symbol on everything before the test split.
+
+Metrics are in the series' own units: RMSE, MAE, MASE (MAE over the in-sample MAE of the
+one-step naive forecast on the training split), directional accuracy (sign of the predicted
+move vs the actual move; a forecast of no move scores 0.5, so persistence scores 0.5) and,
+for the model, the share of outcomes inside the 90% interval.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model.config import TrainConfig
+from model.data import Series
+from model.features import to_price
+from model.runtime import Runtime
+from model.train import Prepared, prepare
+
+__all__ = ["Evaluation", "ar_forecasts", "evaluate", "metrics", "plot", "stateful_outputs"]
+
+AR_ORDER = 60
+
+
+@dataclass
+class SymbolForecasts:
+    """One symbol's test forecasts; arrays `[n]` aligned on the forecast row t (target t+1)."""
+
+    symbol: str
+    ts: np.ndarray  # time of the target tick, epoch ms
+    last: np.ndarray  # price at t (persistence forecast)
+    actual: np.ndarray  # price at t+1
+    stateful: np.ndarray  # (point, lower, upper) stacked: [3, n]
+    window: np.ndarray  # [3, n]
+    ar: np.ndarray  # [n]
+    naive_mae: float  # in-sample MAE of the naive forecast on the training split
+
+
+@dataclass
+class Evaluation:
+    n_test: int
+    report: dict[str, Any]
+    per_symbol: list[SymbolForecasts]
+
+
+def metrics(
+    pred: np.ndarray,
+    last: np.ndarray,
+    actual: np.ndarray,
+    mase_scale: np.ndarray,
+    lo: np.ndarray | None = None,
+    hi: np.ndarray | None = None,
+) -> dict[str, float]:
+    """RMSE, MAE, MASE, directional accuracy (and coverage90 with an interval); all `[n]`."""
+    err = pred - actual
+    d = np.sign(pred - last) * np.sign(actual - last)
+    out = {
+        "rmse": float(np.sqrt(np.mean(err**2))),
+        "mae": float(np.mean(np.abs(err))),
+        "mase": float(np.mean(np.abs(err) / mase_scale)),
+        "directional_accuracy": float(np.mean(np.where(d > 0, 1.0, np.where(d < 0, 0.0, 0.5)))),
+    }
+    if lo is not None and hi is not None:
+        out["coverage90"] = float(np.mean((actual >= lo) & (actual <= hi)))
+    return out
+
+
+def ar_forecasts(
+    price: np.ndarray, fit_until: int, rows: np.ndarray, order: int = AR_ORDER
+) -> np.ndarray:
+    """Least-squares AR(order) with intercept on levels.
+
+    Fitted on targets with index < fit_until; returns the forecast of price[t+1] for each
+    t in `rows` (each needs t >= order - 1).
+    """
+
+    def design(ts: np.ndarray) -> np.ndarray:
+        lags = np.stack([price[ts - k] for k in range(order)], axis=1)
+        return np.hstack([np.ones((len(ts), 1)), lags])
+
+    fit_rows = np.arange(order - 1, fit_until - 1)
+    if len(fit_rows) <= order + 1:
+        raise ValueError(f"AR({order}) needs more than {2 * order} rows before the test split")
+    coef, *_ = np.linalg.lstsq(design(fit_rows), price[fit_rows + 1], rcond=None)
+    return np.asarray(design(rows) @ coef)
+
+
+def _windows(x: np.ndarray, rows: np.ndarray, w: int) -> np.ndarray:
+    """`[n, w, features]`: the w rows ending at each of `rows`."""
+    idx = rows[:, None] + np.arange(-w + 1, 1)[None, :]
+    return x[idx]
+
+
+def stateful_outputs(runtime: Runtime, prep: Prepared, rows: list[np.ndarray]) -> list[np.ndarray]:
+    """Live-path outputs `[n, 2]` per symbol: warm slot i on the window ending at rows[i][0],
+    then one batched `step` per later row, symbols side by side as the server runs them."""
+    w = runtime.config.window
+    slots = np.arange(len(rows))
+    first = np.array([r[0] for r in rows])
+    warm = runtime.warm(
+        slots, np.stack([prep.x[i][f - w + 1 : f + 1] for i, f in enumerate(first)])
+    )
+    outs = [[warm[i]] for i in slots]
+    longest = max(len(r) for r in rows)
+    for k in range(1, longest):
+        live = np.array([i for i in slots if k < len(rows[i])])
+        xk = np.stack([prep.x[i][rows[i][k]] for i in live])
+        for i, o in zip(live, runtime.step(live, xk), strict=True):
+            outs[i].append(o)
+    return [np.stack(o) for o in outs]
+
+
+def evaluate(
+    series: list[Series],
+    params: Any,
+    config: Any,
+    stats: Any,
+    tc: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass
+) -> Evaluation:
+    """One-step-ahead walk-forward over the test split of `series` with a fitted model."""
+    prep = prepare(series, config, tc, stats=stats)
+    w = config.window
+    rows_per: list[np.ndarray] = []
+    keep: list[int] = []
+    for i, (v, t) in enumerate(prep.bounds):
+        n = len(series[i])
+        first = max(t - 1, w - 1, AR_ORDER - 1)
+        if n - 1 - first < 1 or v < 2:
+            continue
+        rows_per.append(np.arange(first, n - 1))
+        keep.append(i)
+    if not keep:
+        raise ValueError("no symbol has a test split after enough history (window and AR order)")
+    sub = Prepared(
+        [prep.series[i] for i in keep], prep.split, prep.stats,
+        [prep.x[i] for i in keep], [prep.y[i] for i in keep], [prep.bounds[i] for i in keep],
+    )  # fmt: skip
+    runtime = Runtime(params, config, n_slots=len(keep))
+    live = stateful_outputs(runtime, sub, rows_per)
+    per: list[SymbolForecasts] = []
+    for j, i in enumerate(keep):
+        s, rows = series[i], rows_per[j]
+        v, t = prep.bounds[i]
+        win = runtime.window_forecast(_windows(prep.x[i], rows, w))
+        last, actual = s.price[rows], s.price[rows + 1]
+        naive = float(np.mean(np.abs(np.diff(s.price[:v]))))
+        per.append(
+            SymbolForecasts(
+                symbol=s.symbol,
+                ts=s.ts[rows + 1],
+                last=last,
+                actual=actual,
+                stateful=np.stack(to_price(stats, last, live[j][:, 0], live[j][:, 1])),
+                window=np.stack(to_price(stats, last, win[:, 0], win[:, 1])),
+                ar=ar_forecasts(s.price, t, rows),
+                naive_mae=max(naive, 1e-12),
+            )
+        )
+    report = _report(per)
+    return Evaluation(n_test=report["n_test"], report=report, per_symbol=per)
+
+
+def _report(per: list[SymbolForecasts]) -> dict[str, Any]:
+    cat = {
+        k: np.concatenate([getattr(p, k) for p in per], axis=-1)
+        for k in ("last", "actual", "stateful", "window", "ar")
+    }
+    scale = np.concatenate([np.full(len(p.actual), p.naive_mae) for p in per])
+    last, actual = cat["last"], cat["actual"]
+
+    def model_metrics(a: np.ndarray) -> dict[str, float]:
+        return metrics(a[0], last, actual, scale, a[1], a[2])
+
+    report: dict[str, Any] = {
+        "n_test": len(actual),
+        "model": {
+            "stateful": model_metrics(cat["stateful"]),
+            "window": model_metrics(cat["window"]),
+        },
+        "persistence": metrics(last, last, actual, scale),
+        "ar60": metrics(cat["ar"], last, actual, scale),
+    }
+    p_rmse = report["persistence"]["rmse"]
+    report["rmse_vs_persistence"] = {
+        "stateful": report["model"]["stateful"]["rmse"] / p_rmse,
+        "window": report["model"]["window"]["rmse"] / p_rmse,
+        "ar60": report["ar60"]["rmse"] / p_rmse,
+    }
+    if len(per) > 1:
+        report["per_symbol"] = {
+            p.symbol: {
+                "n_test": len(p.actual),
+                "stateful_rmse": float(np.sqrt(np.mean((p.stateful[0] - p.actual) ** 2))),
+                "persistence_rmse": float(np.sqrt(np.mean((p.last - p.actual) ** 2))),
+                "ar60_rmse": float(np.sqrt(np.mean((p.ar - p.actual) ** 2))),
+                "coverage90": float(
+                    np.mean((p.actual >= p.stateful[1]) & (p.actual <= p.stateful[2]))
+                ),
+            }
+            for p in per
+        }
+    return report
+
+
+def format_table(report: dict[str, Any]) -> str:
+    """Human-readable side-by-side table of a report."""
+    rows = [
+        ("LSTM, carried state (live)", report["model"]["stateful"]),
+        ("LSTM, 60-step window (tutorial)", report["model"]["window"]),
+        ("persistence (last value)", report["persistence"]),
+        ("AR(60), least squares", report["ar60"]),
+    ]
+    p = report["persistence"]["rmse"]
+    lines = [
+        f"{'forecaster':34s} {'RMSE':>12s} {'vs persist.':>11s} {'MAE':>12s} {'MASE':>7s} "
+        f"{'dir.acc':>7s} {'cover90':>7s}",
+    ]
+    for name, m in rows:
+        cov = f"{m['coverage90']:7.3f}" if "coverage90" in m else f"{'-':>7s}"
+        lines.append(
+            f"{name:34s} {m['rmse']:12.6g} {m['rmse'] / p:10.4f}x {m['mae']:12.6g} "
+            f"{m['mase']:7.4f} {m['directional_accuracy']:7.3f} {cov}"
+        )
+    lines.append(f"{report['n_test']} one-step-ahead test forecasts, walk-forward")
+    return "\n".join(lines)
+
+
+def plot(ev: Evaluation, path: str, last_n: int = 250) -> None:
+    """Real vs predicted (carried state) with the 90% band, one row per symbol (at most 4):
+    the whole test split on the left, its last `last_n` ticks on the right."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.dates as mdates
+    import matplotlib.pyplot as plt
+
+    shown = ev.per_symbol[:4]
+    fig, axes = plt.subplots(len(shown), 2, figsize=(14, 3.6 * len(shown)), squeeze=False)
+    for row, p in zip(axes, shown, strict=True):
+        t = (p.ts.astype("datetime64[ms]")).astype(object)
+        for ax, sl in ((row[0], slice(None)), (row[1], slice(-last_n, None))):
+            ax.fill_between(t[sl], p.stateful[1][sl], p.stateful[2][sl], color="tab:orange",
+                            alpha=0.25, linewidth=0, label="90% interval")  # fmt: skip
+            ax.plot(t[sl], p.actual[sl], color="black", linewidth=0.9, label="real")
+            ax.plot(t[sl], p.stateful[0][sl], color="tab:orange", linewidth=0.9, label="predicted")
+            fmt = mdates.ConciseDateFormatter(ax.xaxis.get_major_locator())  # type: ignore[no-untyped-call]
+            ax.xaxis.set_major_formatter(fmt)
+            ax.grid(alpha=0.3)
+        rmse = float(np.sqrt(np.mean((p.stateful[0] - p.actual) ** 2)))
+        prm = float(np.sqrt(np.mean((p.last - p.actual) ** 2)))
+        row[0].set_title(f"{p.symbol}: test split, RMSE {rmse:.4g} (persistence {prm:.4g})")
+        row[1].set_title(f"{p.symbol}: last {min(last_n, len(p.actual))} ticks")
+        row[0].legend(loc="upper left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

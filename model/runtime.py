@@ -1,0 +1,237 @@
+"""Device-resident LSTM state for many symbols and one jit step for any subset of them.
+
+This is the piece the stream engine drives. The state of every slot (one slot per live
+symbol) stays on the device as `hc: [2, layers, slots + 1, units]` ((h, c) stacked); the
+extra last slot is scratch that absorbs the padding rows of a bucketed batch. A step moves
+only the new inputs
+`[batch, features]` in and the forecasts `[batch, 2]` out.
+
+Why it is shaped this way (measured on a 2-core CPU, see BENCHMARKS.md):
+* a plain `jax.jit` over the parameters packed into one vector, not `nnx.jit` over the
+  module: calling through NNX costs about a millisecond per call, the step itself tens of
+  microseconds, and every extra array argument costs host time to flatten;
+* synchronous CPU dispatch: the asynchronous default adds ~14 µs per call and we block on
+  the result anyway;
+* batch sizes padded to powers of two, so a steady stream compiles a handful of shapes
+  once and never again;
+* the state buffer donated to the step, so XLA updates it in place instead of copying
+  `[2, layers, slots, units]` every tick.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from model.config import ModelConfig
+from model.lstm import LSTMState, Params, forward_fn, step_fn
+
+__all__ = ["Runtime", "bucket", "pack", "unpack"]
+
+# The host blocks on every step's result; asynchronous CPU dispatch only adds latency.
+jax.config.update("jax_cpu_enable_async_dispatch", False)  # type: ignore[no-untyped-call]
+
+
+def bucket(n: int, smallest: int = 1) -> int:
+    """Smallest power of two >= max(n, smallest)."""
+    n = max(n, smallest, 1)
+    return 1 << (n - 1).bit_length()
+
+
+Layout = tuple[tuple[int, ...], ...]  # shapes of the parameter leaves, in tree order
+BLOCK = 1024  # rows per block of a large step: keeps the working set in cache
+
+
+def pack(params: Params) -> tuple[jax.Array, Layout, Any]:
+    """Flatten the parameters into one float32 vector plus the static layout to undo it.
+
+    Every array argument of a jitted call costs host time to flatten and check; one vector
+    instead of ten leaves takes a few microseconds off every step.
+    """
+    leaves, treedef = jax.tree.flatten(params)
+    flat = jnp.concatenate([jnp.ravel(a).astype(jnp.float32) for a in leaves])
+    return flat, tuple(tuple(a.shape) for a in leaves), treedef
+
+
+def unpack(flat: jax.Array, layout: Layout, treedef: Any) -> Params:
+    """Inverse of `pack` (inside jit the slices are free views)."""
+    leaves, at = [], 0
+    for shape in layout:
+        n = math.prod(shape)
+        leaves.append(flat[at : at + n].reshape(shape))
+        at += n
+    out: Params = jax.tree.unflatten(treedef, leaves)
+    return out
+
+
+def _from_rows(rows: jax.Array) -> LSTMState:
+    """`[batch, 2, layers, units]` (a row per slot) -> (h, c) `[layers, batch, units]`."""
+    t = jnp.transpose(rows, (1, 2, 0, 3))
+    return LSTMState(t[0], t[1])
+
+
+def _to_rows(state: LSTMState) -> jax.Array:
+    return jnp.transpose(jnp.stack([state.h, state.c]), (2, 0, 1, 3))
+
+
+@functools.cache
+def _kernels(layout: Layout, treedef: Any) -> tuple[Any, Any, Any]:
+    """The jitted step, warm-up and windowed pass for one parameter layout (cached, so a
+    model swap with the same config reuses the compiled code)."""
+
+    def step(
+        flat: jax.Array, hc: jax.Array, slots: jax.Array, x: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        # hc [slots + 1, 2, layers, units]; slots [batch] int32 (distinct, except padding
+        # rows that all point at the scratch slot); x [batch, features] -> forecasts [batch, 2].
+        params = unpack(flat, layout, treedef)
+        if len(slots) <= BLOCK:
+            new, out = step_fn(params, _from_rows(hc[slots]), x)
+            return hc.at[slots].set(_to_rows(new)), out
+
+        # Large batches go through in blocks so each block's activations stay in cache
+        # (a [16384, 200] gate block does not); buckets are powers of two, so BLOCK divides.
+        def block(carry: jax.Array, sx: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+            s, xb = sx
+            new, o = step_fn(params, _from_rows(carry[s]), xb)
+            return carry.at[s].set(_to_rows(new)), o
+
+        nb = len(slots) // BLOCK
+        hc, out = jax.lax.scan(block, hc, (slots.reshape(nb, BLOCK), x.reshape(nb, BLOCK, -1)))
+        return hc, out.reshape(-1, out.shape[-1])
+
+    def warm(
+        flat: jax.Array, hc: jax.Array, slots: jax.Array, windows: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        # Reset the slots to zero state and run them through windows [batch, time, features].
+        new, out = forward_fn(unpack(flat, layout, treedef), windows)
+        return hc.at[slots].set(_to_rows(new)), out[:, -1]
+
+    def window(flat: jax.Array, windows: jax.Array) -> jax.Array:
+        return forward_fn(unpack(flat, layout, treedef), windows)[1][:, -1]
+
+    return (
+        jax.jit(step, donate_argnums=(1,)),
+        jax.jit(warm, donate_argnums=(1,)),
+        jax.jit(window),
+    )
+
+
+class Runtime:
+    """State for `n_slots` symbols on one device, stepped in batches.
+
+    Args:
+      params: network parameters (`model.lstm.params_of(module)`).
+      config: the model's configuration.
+      n_slots: how many symbols can be live at once.
+      min_bucket: smallest padded batch (fewer distinct shapes at the cost of some padding).
+      device: where state and parameters live (default: JAX's default device).
+    """
+
+    def __init__(
+        self,
+        params: Params,
+        config: ModelConfig,
+        n_slots: int,
+        *,
+        min_bucket: int = 1,
+        device: jax.Device | None = None,
+    ) -> None:
+        if n_slots < 1:
+            raise ValueError("n_slots must be >= 1")
+        self.config = config
+        self.n_slots = n_slots
+        self.min_bucket = min_bucket
+        self.device = device or jax.devices()[0]
+        flat, layout, treedef = pack(params)
+        self.flat = jax.device_put(flat, self.device)
+        self._step, self._warm, self._window = _kernels(layout, treedef)
+        # (h, c) of every slot: [slots + 1, 2, layers, units], slot-major so a gather or
+        # scatter moves one contiguous 2·layers·units row per symbol; the last is scratch.
+        shape = (n_slots + 1, 2, config.layers, config.units)
+        self.hc = jax.device_put(jnp.zeros(shape, jnp.float32), self.device)
+
+    @property
+    def scratch(self) -> int:
+        return self.n_slots
+
+    def _pad(self, slots: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+        """Pad a batch to its bucket: padding rows point at the scratch slot."""
+        slots = np.asarray(slots, np.int32)
+        rows = np.asarray(rows, np.float32)
+        n = len(slots)
+        if n and (int(slots.min()) < 0 or int(slots.max()) >= self.n_slots):
+            raise IndexError(f"slot out of range [0, {self.n_slots})")
+        if n > 1 and len(np.unique(slots)) != n:
+            raise ValueError("a batch may hold each slot once; apply a symbol's ticks in order")
+        b = bucket(n, self.min_bucket)
+        if b == n:  # already a bucket size: nothing to copy
+            return slots, rows, n
+        ps = np.full(b, self.scratch, np.int32)
+        ps[:n] = slots
+        pr = np.zeros((b, *rows.shape[1:]), np.float32)
+        pr[:n] = rows
+        return ps, pr, n
+
+    def step(self, slots: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Advance the given slots by one tick.
+
+        Args:
+          slots: distinct slot indices `[batch]`.
+          x: their features `[batch, features]`.
+
+        Returns:
+          Forecasts `[batch, 2]` float32: mean and scale of the next standardized return.
+        """
+        ps, px, n = self._pad(slots, x)
+        self.hc, out = self._step(self.flat, self.hc, ps, px)
+        return np.asarray(out)[:n]
+
+    def warm(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
+        """Start the given slots afresh from their last observations.
+
+        Args:
+          slots: distinct slot indices `[batch]`.
+          windows: each slot's most recent feature rows `[batch, time, features]`, oldest first.
+
+        Returns:
+          The forecast after each window's last row `[batch, 2]`, as `step` returns it.
+        """
+        ps, pw, n = self._pad(slots, windows)
+        self.hc, out = self._warm(self.flat, self.hc, ps, pw)
+        return np.asarray(out)[:n]
+
+    def reset(self, slots: Iterable[int]) -> None:
+        """Zero the state of the given slots (a symbol was evicted)."""
+        idx = np.asarray(list(slots), np.int32)
+        self.hc = self.hc.at[idx].set(0.0)
+
+    def state_of(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
+        """Copy of one slot's `(h, c)`, each `[layers, units]` (for checkpoints)."""
+        hc = np.asarray(self.hc[slot])
+        return hc[0], hc[1]
+
+    def set_state(self, slot: int, h: np.ndarray, c: np.ndarray) -> None:
+        """Restore one slot's `(h, c)` from a checkpoint."""
+        self.hc = self.hc.at[slot].set(jnp.asarray(np.stack([h, c]), jnp.float32))
+
+    def window_forecast(self, windows: np.ndarray, chunk: int = 1024) -> np.ndarray:
+        """The tutorial's way, statelessly: a fresh pass over each window `[n, time, features]`.
+
+        Touches no slot. Returns the forecast after each window's last row `[n, 2]`.
+        """
+        outs = []
+        for i in range(0, len(windows), chunk):
+            part = np.asarray(windows[i : i + chunk], np.float32)
+            n = len(part)
+            b = bucket(n, self.min_bucket)
+            pad = np.zeros((b, *part.shape[1:]), np.float32)
+            pad[:n] = part
+            outs.append(np.asarray(self._window(self.flat, pad))[:n])
+        return np.concatenate(outs) if outs else np.zeros((0, 2), np.float32)

@@ -1,0 +1,84 @@
+"""The `tickcast` command end to end, as a user runs it (real processes, real files)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from model.data import synthetic
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def tickcast(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "MPLBACKEND": "Agg"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamer.cli", *args], cwd=ROOT, env=env,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if check and proc.returncode != 0:
+        raise AssertionError(f"tickcast {' '.join(args)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def csv_file(tmp_path: Path) -> Path:
+    """Two symbols, interleaved, ISO timestamps, with volume and an extra column."""
+    f = tmp_path / "ticks.csv"
+    with f.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["timestamp", "symbol", "price", "volume", "spread"])
+        for s in synthetic(2, 500, seed=3, kind="seasonal"):
+            for t, p, v in zip(s.ts, s.price, s.volume, strict=True):
+                iso = datetime.fromtimestamp(t / 1000, UTC).isoformat()
+                w.writerow([iso, s.symbol, p, v, 0.01])
+    return f
+
+
+def test_help_on_every_subcommand():
+    out = tickcast("--help").stdout
+    for cmd in ("run", "train", "evaluate", "datasets", "bundle"):
+        assert cmd in out
+        assert "usage: tickcast " + cmd in tickcast(cmd, "--help").stdout
+
+
+def test_train_then_evaluate_json_on_any_csv(csv_file: Path, tmp_path: Path):
+    model_dir = tmp_path / "model"
+    tickcast(
+        "train", "--data", str(csv_file), "--out", str(model_dir), "--layers", "2", "--units", "8",
+        "--window", "12", "--max-steps", "40", "--no-progress",
+    )  # fmt: skip
+    meta = json.loads((model_dir / "metadata.json").read_text())
+    assert meta["data"]["symbols"] == ["S000", "S001"]
+    assert meta["config"]["features"] == ["ret", "lvl", "dlogvol", "tod", "dow", "lags"]
+    png = tmp_path / "plot.png"
+    proc = tickcast(
+        "evaluate", "--data", str(csv_file), "--model", str(model_dir), "--json", "--plot", str(png)
+    )
+    report = json.loads(proc.stdout)  # one JSON object, nothing else on stdout
+    assert isinstance(report["n_test"], int) and report["n_test"] > 100
+    keys = {"rmse", "mae", "mase", "directional_accuracy"}
+    for m in (report["model"]["stateful"], report["model"]["window"]):
+        assert keys | {"coverage90"} <= set(m)
+    assert keys <= set(report["persistence"]) and keys <= set(report["ar60"])
+    assert isinstance(report["train_seconds"], float)
+    assert png.stat().st_size > 10_000
+
+
+def test_clear_errors():
+    proc = tickcast("evaluate", "--data", "/nonexistent.csv", check=False)
+    assert proc.returncode == 2 and "neither a file nor a bundled" in proc.stderr
+    assert tickcast("train", check=False).returncode == 2  # argparse: --data is required
+
+
+def test_datasets_lists_the_bundled_series():
+    out = tickcast("datasets").stdout
+    for name in ("taylor", "msft", "stocks", "sp500", "nasdaq"):
+        assert name in out
