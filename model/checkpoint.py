@@ -186,11 +186,10 @@ def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
         raise CheckpointError(f"{path}: cannot restore parameters ({type(e).__name__}: {e})") from e
     finally:
         ckpt.close()
-    leaves = jax.tree.leaves(restored)
-    if not all(np.all(np.isfinite(np.asarray(a))) for a in leaves):
-        raise CheckpointError(f"{path}: parameters contain NaN or inf")
     if "param_digest" in meta and _digest(restored) != meta["param_digest"]:
         raise CheckpointError(f"{path}: parameter digest differs from metadata (corrupt or edited)")
+    if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(restored)):
+        raise CheckpointError(f"{path}: parameters contain NaN or inf")
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, _int_keys(restored))
     nnx.update(model, state)
