@@ -156,6 +156,7 @@ class Runtime:
         # scatter moves one contiguous 2·layers·units row per symbol; the last is scratch.
         shape = (n_slots + 1, 2, config.layers, config.units)
         self.hc = jax.device_put(jnp.zeros(shape, jnp.float32), self.device)
+        self._seen = np.zeros(n_slots, bool)  # scratch for the duplicate-slot check
 
     @property
     def scratch(self) -> int:
@@ -168,8 +169,12 @@ class Runtime:
         n = len(slots)
         if n and (int(slots.min()) < 0 or int(slots.max()) >= self.n_slots):
             raise IndexError(f"slot out of range [0, {self.n_slots})")
-        if n > 1 and len(np.unique(slots)) != n:
-            raise ValueError("a batch may hold each slot once; apply a symbol's ticks in order")
+        if n > 1:  # duplicates: mark each slot in a reusable mask, count the marks
+            self._seen[slots] = True
+            distinct = int(np.count_nonzero(self._seen))
+            self._seen[slots] = False
+            if distinct != n:
+                raise ValueError("a batch may hold each slot once; apply a symbol's ticks in order")
         b = bucket(n, self.min_bucket)
         if b == n:  # already a bucket size: nothing to copy
             return slots, rows, n

@@ -238,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (DataError, CheckpointError) as e:
+    except (DataError, CheckpointError, ValueError) as e:  # bad input: say what, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 
