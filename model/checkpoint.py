@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -78,8 +79,10 @@ def _int_keys(t: Any) -> Any:
     return {(int(k) if k.isdigit() else k): _int_keys(v) for k, v in t.items()}
 
 
-def _digest(tree: dict[str, Any]) -> str:
-    h = hashlib.sha256()
+def _digest(tree: dict[str, Any], config: dict[str, Any], stats: dict[str, Any]) -> str:
+    """sha256 over the weights, the config and the feature statistics: what a forecast depends
+    on, so an edit to any of them (a reordered feature list keeps every shape) is caught."""
+    h = hashlib.sha256(json.dumps([config, stats], sort_keys=True).encode())
     for leaf in jax.tree.leaves(tree):
         h.update(np.asarray(leaf).tobytes())
     return h.hexdigest()
@@ -100,26 +103,35 @@ def save(
     """
     path = Path(path).resolve()
     if path.exists():
-        if not overwrite:
-            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-        shutil.rmtree(path)
-    path.mkdir(parents=True)
+        is_model = path.is_dir() and ((path / META).is_file() or not any(path.iterdir()))
+        if not overwrite or not is_model:
+            what = "a model directory" if is_model else "not an empty or tickcast model directory"
+            raise FileExistsError(f"{path} exists ({what}); refusing to replace it")
+    # Write beside the target and rename into place: a crash leaves the old model intact.
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
     tree = _param_tree(model)
-    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{_digest(tree)[:8]}"
+    config, stat_d = model.config.to_dict(), stats.to_dict()
+    digest = _digest(tree, config, stat_d)
+    version = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{digest[:8]}"
     ckpt = ocp.StandardCheckpointer()
-    ckpt.save(path / "params", tree)
+    ckpt.save(tmp / "params", tree)
     ckpt.wait_until_finished()
     ckpt.close()
     meta = {
         "format": FORMAT,
         "version": version,
         "created": datetime.now(UTC).isoformat(),
-        "config": model.config.to_dict(),
-        "feature_stats": stats.to_dict(),
-        "param_digest": _digest(tree),
+        "config": config,
+        "feature_stats": stat_d,
+        "digest": digest,
         **(extra or {}),
     }
-    (path / META).write_text(json.dumps(meta, indent=2, default=float) + "\n")
+    (tmp / META).write_text(json.dumps(meta, indent=2, default=float) + "\n")
+    if path.exists():
+        shutil.rmtree(path)
+    tmp.rename(path)
     return version
 
 
@@ -155,6 +167,14 @@ def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
     try:
         config = ModelConfig.from_dict(meta["config"])
         stats = FeatureStats(**meta["feature_stats"])
+        spreads = (stats.ret_std, stats.vol_std, stats.lvl_std, stats.interval_scale)
+        values = (stats.ret_mean, stats.vol_mean, *spreads)
+        if not all(isinstance(v, int | float) and np.isfinite(v) for v in values):
+            raise ValueError("feature statistics must be finite numbers")
+        if min(spreads) <= 0:
+            raise ValueError("standard deviations and interval_scale must be > 0")
+        if not isinstance(meta.get("version"), str) or not isinstance(meta.get("digest"), str):
+            raise ValueError("version and digest are required")
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: config or feature statistics invalid ({e})") from e
     if expect is not None and config != expect:
@@ -186,8 +206,8 @@ def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
         raise CheckpointError(f"{path}: cannot restore parameters ({type(e).__name__}: {e})") from e
     finally:
         ckpt.close()
-    if "param_digest" in meta and _digest(restored) != meta["param_digest"]:
-        raise CheckpointError(f"{path}: parameter digest differs from metadata (corrupt or edited)")
+    if _digest(restored, meta["config"], meta["feature_stats"]) != meta["digest"]:
+        raise CheckpointError(f"{path}: digest differs from metadata (corrupt or edited)")
     if not all(np.all(np.isfinite(np.asarray(a))) for a in jax.tree.leaves(restored)):
         raise CheckpointError(f"{path}: parameters contain NaN or inf")
     state = nnx.state(model, nnx.Param)

@@ -88,9 +88,12 @@ def load(spec: str) -> list[Series]:
     if spec in BUNDLED:
         return load_csv(bundled_path(spec))
     path = Path(spec)
-    if not path.exists():
+    if not path.is_file():
         raise DataError(f"{spec!r} is neither a file nor a bundled data set ({', '.join(BUNDLED)})")
-    return load_csv(path)
+    try:
+        return load_csv(path)
+    except OSError as e:
+        raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
 def _parse_ts(raw: str) -> int:
@@ -133,7 +136,10 @@ def load_csv(path: str | Path) -> list[Series]:
                 raise DataError(f"{path}:{lineno}: price {row['price']!r} is not a number") from e
             if not math.isfinite(price) or price <= 0:
                 raise DataError(f"{path}:{lineno}: price must be finite and > 0, got {price}")
-            vol = float(row["volume"]) if has_volume and row.get("volume") else math.nan
+            try:
+                vol = float(row["volume"]) if has_volume and row.get("volume") else math.nan
+            except ValueError as e:
+                raise DataError(f"{path}:{lineno}: volume {row['volume']!r} is not a number") from e
             try:
                 when = _parse_ts(row["timestamp"])
             except DataError as e:

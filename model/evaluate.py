@@ -93,7 +93,7 @@ def ar_forecasts(
 
     fit_rows = np.arange(order - 1, fit_until - 1)
     if len(fit_rows) <= order + 1:
-        raise ValueError(f"AR({order}) needs more than {2 * order} rows before the test split")
+        raise ValueError(f"AR({order}) needs at least {2 * order + 2} rows before the test split")
     coef, *_ = np.linalg.lstsq(design(fit_rows), price[fit_rows + 1], rcond=None)
     return np.asarray(design(rows) @ coef)
 
@@ -138,12 +138,17 @@ def evaluate(
     for i, (v, t) in enumerate(prep.bounds):
         n = len(series[i])
         first = max(t - 1, w - 1, AR_ORDER - 1)
-        if n - 1 - first < 1 or v < 2:
+        # Skip a symbol without a test part, or too short before it to fit AR(60) (a recent
+        # listing): one short symbol must not void the report of the others.
+        if n - 1 - first < 1 or v < 2 or t < 2 * AR_ORDER + 2:
             continue
         rows_per.append(np.arange(first, n - 1))
         keep.append(i)
     if not keep:
-        raise ValueError("no symbol has a test split after enough history (window and AR order)")
+        raise ValueError(
+            f"no symbol has a test split after enough history: at least {2 * AR_ORDER + 2} rows "
+            f"before it (AR({AR_ORDER})) and the model's window of {w}"
+        )
     sub = Prepared(
         [prep.series[i] for i in keep], prep.split, prep.stats,
         [prep.x[i] for i in keep], [prep.y[i] for i in keep], [prep.bounds[i] for i in keep],
@@ -170,6 +175,9 @@ def evaluate(
             )
         )
     report = _report(per)
+    skipped = sorted({s.symbol for s in series} - {p.symbol for p in per})
+    if skipped:
+        report["skipped_symbols"] = skipped
     return Evaluation(n_test=report["n_test"], report=report, per_symbol=per)
 
 

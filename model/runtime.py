@@ -212,19 +212,24 @@ class Runtime:
         self.hc, out = self._warm(self.flat, self.hc, ps, pw)
         return np.asarray(out)[:n]
 
+    def _check(self, slot: int) -> int:
+        if not 0 <= slot < self.n_slots:
+            raise IndexError(f"slot {slot} out of range [0, {self.n_slots})")
+        return int(slot)
+
     def reset(self, slots: Iterable[int]) -> None:
         """Zero the state of the given slots (a symbol was evicted)."""
-        idx = np.asarray(list(slots), np.int32)
+        idx = np.asarray([self._check(s) for s in slots], np.int32)
         self.hc = self.hc.at[idx].set(0.0)
 
     def state_of(self, slot: int) -> tuple[np.ndarray, np.ndarray]:
         """Copy of one slot's `(h, c)`, each `[layers, units]` (for checkpoints)."""
-        hc = np.asarray(self.hc[slot])
+        hc = np.asarray(self.hc[self._check(slot)])
         return hc[0], hc[1]
 
     def set_state(self, slot: int, h: np.ndarray, c: np.ndarray) -> None:
         """Restore one slot's `(h, c)` from a checkpoint."""
-        self.hc = self.hc.at[slot].set(jnp.asarray(np.stack([h, c]), jnp.float32))
+        self.hc = self.hc.at[self._check(slot)].set(jnp.asarray(np.stack([h, c]), jnp.float32))
 
     def window_forecast(self, windows: np.ndarray, chunk: int = 1024) -> np.ndarray:
         """The tutorial's way, statelessly: a fresh pass over each window `[n, time, features]`.

@@ -13,6 +13,7 @@ import argparse
 import json
 import sys
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,10 @@ BUNDLED_MODELS = Path(__file__).resolve().parent.parent / "model" / "bundled"
 def _bundled_model(data: str) -> Path | None:
     p = BUNDLED_MODELS / data
     return p if (p / "metadata.json").exists() else None
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _add_train_args(p: argparse.ArgumentParser) -> None:
@@ -123,12 +128,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     pred = checkpoint.load(model_dir)
     t0 = time.perf_counter()
     ev = evaluate(series, pred.params, pred.config, pred.stats, TrainConfig())
+    trained_until = pred.metadata.get("data", {}).get("test_start_ms")
+    test_from = int(min(p.ts[0] for p in ev.per_symbol))  # first forecast target
+    overlap = trained_until is not None and trained_until > test_from
+    if overlap:
+        print(
+            "warning: the model was trained on data up to "
+            f"{_iso(trained_until)}, after this test split starts ({_iso(test_from)}); "
+            "if the series overlap, these scores include look-ahead",
+            file=sys.stderr,
+        )
     report: dict[str, Any] = {
         **ev.report,
         "train_seconds": pred.metadata.get("train", {}).get("train_seconds"),
         "eval_seconds": round(time.perf_counter() - t0, 3),
         "model_version": pred.version,
         "data": args.data,
+        "test_overlaps_training_period": overlap,
     }
     if args.plot:
         plot(ev, args.plot)
@@ -238,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return int(args.func(args))
-    except (DataError, CheckpointError, ValueError) as e:  # bad input: say what, no traceback
+    except (DataError, CheckpointError, ValueError, FileExistsError) as e:  # say what, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
 

@@ -43,11 +43,18 @@ def test_round_trip_gives_the_same_forecasts(saved):
     )
 
 
-def test_save_refuses_to_overwrite_by_accident(saved):
+def test_save_refuses_to_overwrite_by_accident(saved, tmp_path):
     path, model, stats, _ = saved
     with pytest.raises(FileExistsError):
         checkpoint.save(path, model, stats)
-    checkpoint.save(path, model, stats, overwrite=True)
+    checkpoint.save(path, model, stats, overwrite=True)  # a model directory may be replaced
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an empty or tickcast model directory"):
+        checkpoint.save(other, model, stats, overwrite=True)
+    assert (other / "keep.txt").read_text() == "mine"
+    assert not list(tmp_path.glob(".*tmp-*")), "no temporary directory left behind"
 
 
 def test_config_that_does_not_match_the_weights_is_refused(saved):
@@ -76,6 +83,10 @@ def test_expected_config_is_enforced(saved):
         ("bad_feature", "config or feature statistics invalid"),
         ("no_params", "weights are missing"),
         ("flipped_bytes", "corrupt|cannot restore|digest"),
+        ("reordered_features", "digest"),
+        ("edited_stats", "digest"),
+        ("zero_std", "must be > 0"),
+        ("no_version", "version and digest are required"),
     ],
 )
 def test_damaged_checkpoints_are_refused_with_a_reason(saved, damage, match):
@@ -91,6 +102,18 @@ def test_damaged_checkpoints_are_refused_with_a_reason(saved, damage, match):
         meta_file.write_text(json.dumps(meta))
     elif damage == "bad_feature":
         meta["config"]["features"] = ["ret", "weather"]
+        meta_file.write_text(json.dumps(meta))
+    elif damage == "reordered_features":  # same shapes, other meaning: only the digest knows
+        meta["config"]["features"] = ["tod", "ret"]
+        meta_file.write_text(json.dumps(meta))
+    elif damage == "edited_stats":
+        meta["feature_stats"]["ret_std"] *= 2
+        meta_file.write_text(json.dumps(meta))
+    elif damage == "zero_std":
+        meta["feature_stats"]["ret_std"] = 0.0
+        meta_file.write_text(json.dumps(meta))
+    elif damage == "no_version":
+        del meta["version"]
         meta_file.write_text(json.dumps(meta))
     elif damage == "no_params":
         shutil.rmtree(path / "params")

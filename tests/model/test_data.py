@@ -41,6 +41,7 @@ def test_csv_without_volume(tmp_path):
         ("timestamp,symbol,price\nyesterday,X,1\n", "bad timestamp"),
         ("timestamp,symbol,price\n1,X,1\n1,X,2\n", "duplicate timestamps"),
         ("timestamp,symbol,price\n", "no rows"),
+        ("timestamp,symbol,price,volume\n1,X,1,lots\n", "bad.csv:2: volume 'lots'"),
     ],
 )
 def test_csv_errors_name_the_problem(tmp_path, body, match):
@@ -59,6 +60,11 @@ def test_bundled_sets_load_with_expected_sizes():
     assert set(stocks) == {"AAPL", "GOOG", "IBM", "MSFT"}
     with pytest.raises(DataError, match="neither a file nor a bundled"):
         data.load("nope")
+
+
+def test_a_directory_is_not_a_data_file(tmp_path):
+    with pytest.raises(DataError, match="neither a file"):
+        data.load(str(tmp_path))
 
 
 def test_split_is_chronological_and_shared_across_symbols():

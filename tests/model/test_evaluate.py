@@ -77,6 +77,17 @@ def test_stateful_equals_a_plain_carried_pass_and_window_equals_fresh_passes(unt
     np.testing.assert_allclose(p.stateful[:, 0], p.window[:, 0], rtol=1e-6)
 
 
+def test_a_short_symbol_is_skipped_not_fatal(untrained):
+    cfg, series, params, stats = untrained
+    s0, tail = series[0], slice(-150, None)
+    young = dataclasses.replace(
+        s0, symbol="NEW", ts=s0.ts[tail], price=s0.price[tail], volume=s0.volume[tail]
+    )
+    rep = evaluate([*series, young], params, cfg, stats).report
+    assert rep["skipped_symbols"] == ["NEW"]
+    assert set(rep["per_symbol"]) == {s.symbol for s in series}
+
+
 def test_metrics_by_hand():
     last = np.array([10.0, 10.0, 10.0, 10.0])
     actual = np.array([11.0, 9.0, 10.0, 12.0])

@@ -85,6 +85,11 @@ def test_bad_batches_are_refused(setup):
         r.step(np.array([1, 1]), x)
     with pytest.raises(IndexError):
         r.step(np.array([0, 3]), x)
+    for bad in (-1, 3):  # -1 or n_slots would otherwise reach the scratch slot
+        with pytest.raises(IndexError):
+            r.state_of(bad)
+        with pytest.raises(IndexError):
+            r.reset([bad])
 
 
 def test_a_steady_stream_never_recompiles(setup):

@@ -78,6 +78,22 @@ def test_clear_errors():
     assert tickcast("train", check=False).returncode == 2  # argparse: --data is required
 
 
+def test_evaluating_on_a_period_the_model_trained_on_is_flagged():
+    own = json.loads(tickcast("evaluate", "--data", "msft", "--json").stdout)
+    assert own["test_overlaps_training_period"] is False
+    proc = tickcast("evaluate", "--data", "stocks", "--model", "model/bundled/msft", "--json")
+    assert json.loads(proc.stdout)["test_overlaps_training_period"] is True
+    assert "look-ahead" in proc.stderr
+
+
+def test_train_never_deletes_a_directory_that_is_not_a_model(tmp_path: Path, csv_file: Path):
+    (tmp_path / "keep.txt").write_text("mine")
+    proc = tickcast("train", "--data", str(csv_file), "--out", str(tmp_path), "--max-steps", "1",
+                    "--layers", "1", "--units", "4", "--no-progress", check=False)  # fmt: skip
+    assert proc.returncode == 2 and "refusing to replace" in proc.stderr
+    assert (tmp_path / "keep.txt").read_text() == "mine"
+
+
 def test_datasets_lists_the_bundled_series():
     out = tickcast("datasets").stdout
     for name in ("taylor", "msft", "stocks", "sp500", "nasdaq"):
