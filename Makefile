@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: help setup run test test-fast lint typecheck bench bundle-models bundle-data clean
+.PHONY: help setup run test test-fast lint typecheck bench bundle-models bundle-data clean kafka-jars
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -21,7 +21,10 @@ setup: $(STAMP)  ## create .venv and install tickcast with its dev tools
 run: $(STAMP)  ## the main job on its embedded default (bundled data, bundled models)
 	$(BIN)/tickcast run
 
-test: $(STAMP)  ## lint, type-check and the whole test suite (what CI runs)
+kafka-jars: $(STAMP)  ## fetch the pinned Kafka broker's jars with Maven (once; see deploy/kafka)
+	$(BIN)/python -c 'from streamer.kafka_local import ensure_jars; ensure_jars(quiet=False)'
+
+test: $(STAMP) kafka-jars  ## lint, type-check and the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy

@@ -81,7 +81,7 @@ def _to_rows(state: LSTMState) -> jax.Array:
 
 
 @functools.cache
-def _kernels(layout: Layout, treedef: Any) -> tuple[Any, Any, Any]:
+def _kernels(layout: Layout, treedef: Any) -> tuple[Any, Any, Any, Any]:
     """The jitted step, warm-up and windowed pass for one parameter layout (cached, so a
     model swap with the same config reuses the compiled code)."""
 
@@ -116,10 +116,29 @@ def _kernels(layout: Layout, treedef: Any) -> tuple[Any, Any, Any]:
     def window(flat: jax.Array, windows: jax.Array) -> jax.Array:
         return forward_fn(unpack(flat, layout, treedef), windows)[1][:, -1]
 
+    def advance(
+        flat: jax.Array, hc: jax.Array, slots: jax.Array, xs: jax.Array, counts: jax.Array
+    ) -> tuple[jax.Array, jax.Array]:
+        # xs [time, batch, features]; slot b takes steps t < counts[b] and keeps its state
+        # through the padded steps after that. Returns outputs [time, batch, 2].
+        params = unpack(flat, layout, treedef)
+
+        def tick(carry: LSTMState, tx: tuple[jax.Array, jax.Array]) -> tuple[LSTMState, jax.Array]:
+            t, x = tx
+            new, out = step_fn(params, carry, x)
+            live = (t < counts)[None, :, None]
+            kept = LSTMState(jnp.where(live, new.h, carry.h), jnp.where(live, new.c, carry.c))
+            return kept, out
+
+        steps = jnp.arange(xs.shape[0])
+        new, out = jax.lax.scan(tick, _from_rows(hc[slots]), (steps, xs))
+        return hc.at[slots].set(_to_rows(new)), out
+
     return (
         jax.jit(step, donate_argnums=(1,)),
         jax.jit(warm, donate_argnums=(1,)),
         jax.jit(window),
+        jax.jit(advance, donate_argnums=(1,)),
     )
 
 
@@ -151,7 +170,7 @@ class Runtime:
         self.device = device or jax.devices()[0]
         flat, layout, treedef = pack(params)
         self.flat = jax.device_put(flat, self.device)
-        self._step, self._warm, self._window = _kernels(layout, treedef)
+        self._step, self._warm, self._window, self._advance = _kernels(layout, treedef)
         # (h, c) of every slot: [slots + 1, 2, layers, units], slot-major so a gather or
         # scatter moves one contiguous 2·layers·units row per symbol; the last is scratch.
         shape = (n_slots + 1, 2, config.layers, config.units)
@@ -198,6 +217,43 @@ class Runtime:
         self.hc, out = self._step(self.flat, self.hc, ps, px)
         return np.asarray(out)[:n]
 
+    def advance(self, slots: np.ndarray, xs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """Apply several ticks per slot, in order, in one dispatch.
+
+        Args:
+          slots: distinct slot indices `[batch]`.
+          xs: features `[time, batch, features]`; slot b's ticks are `xs[:counts[b], b]`.
+          counts: ticks per slot `[batch]`, each in `1..time`.
+
+        Returns:
+          Forecasts `[time, batch, 2]` float32; entries at `t >= counts[b]` are meaningless.
+          Equal to `counts[b]` successive `step` calls for each slot.
+        """
+        xs = np.asarray(xs, np.float32)
+        t = xs.shape[0]
+        if t == 1:
+            return self.step(slots, xs[0])[None]
+        ps, _, n = self._pad(slots, np.zeros((len(slots), 1), np.float32))
+        tb = bucket(t, 4)
+        px = np.zeros((tb, len(ps), xs.shape[2]), np.float32)
+        px[:t, :n] = xs
+        pc = np.zeros(len(ps), np.int32)
+        pc[:n] = counts
+        self.hc, out = self._advance(self.flat, self.hc, ps, px, pc)
+        return np.asarray(out)[:t, :n]
+
+    def states_of(self, slots: Iterable[int]) -> np.ndarray:
+        """Copies of several slots' state `[n, 2, layers, units]` ((h, c) stacked)."""
+        idx, n = self._indices(slots)
+        return np.asarray(self.hc[idx])[:n]
+
+    def set_states(self, slots: Iterable[int], hc: np.ndarray) -> None:
+        """Restore several slots' state from `[n, 2, layers, units]` (a checkpoint)."""
+        idx, n = self._indices(slots)
+        rows = np.zeros((len(idx), *self.hc.shape[1:]), np.float32)
+        rows[:n] = hc
+        self.hc = self.hc.at[idx].set(jnp.asarray(rows))
+
     def warm(self, slots: np.ndarray, windows: np.ndarray) -> np.ndarray:
         """Start the given slots afresh from their last observations.
 
@@ -217,9 +273,17 @@ class Runtime:
             raise IndexError(f"slot {slot} out of range [0, {self.n_slots})")
         return int(slot)
 
+    def _indices(self, slots: Iterable[int]) -> tuple[np.ndarray, int]:
+        """Checked slot indices padded with the scratch slot to a bucket size, so that
+        gathers and scatters of varying sizes compile once per bucket, not once per size."""
+        idx = [self._check(int(s)) for s in slots]
+        out = np.full(bucket(len(idx), 8), self.scratch, np.int32)
+        out[: len(idx)] = idx
+        return out, len(idx)
+
     def reset(self, slots: Iterable[int]) -> None:
         """Zero the state of the given slots (a symbol was evicted)."""
-        idx = np.asarray([self._check(s) for s in slots], np.int32)
+        idx, _ = self._indices(slots)
         self.hc = self.hc.at[idx].set(0.0)
 
     def state_of(self, slot: int) -> tuple[np.ndarray, np.ndarray]:

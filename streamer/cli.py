@@ -5,6 +5,11 @@ tickcast train --data D --out M   fit a model on a bundled data set or a CSV
 tickcast evaluate --data D [--model M] [--json] [--plot out.png]
 tickcast datasets                 list the bundled real series
 tickcast bundle                   retrain the models that ship with tickcast
+tickcast kafka up|down|status     a local Apache Kafka broker (KRaft) on 127.0.0.1
+tickcast serve                    the stream engine: ticks in, forecasts out (Kafka)
+tickcast replay --data D          publish a series as ticks (--synthetic S: random walks)
+
+Stream settings come from flags or TICKCAST_* environment variables (`--help` of each).
 """
 
 from __future__ import annotations
@@ -200,6 +205,68 @@ def _bundle(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(name: str) -> Any:
+    from model import checkpoint
+
+    path = _bundled_model(name) or Path(name)
+    return checkpoint.load(path)
+
+
+def _logging(level: str) -> None:
+    import logging
+
+    logging.basicConfig(
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+
+
+def _serve(args: argparse.Namespace) -> int:
+    """Consume ticks, publish one forecast per tick (exactly-once by default)."""
+    from streamer.app import serve
+    from streamer.settings import from_args
+
+    settings = from_args(args)
+    _logging(settings.log_level)
+    predictor = _load_model(settings.model)
+    return serve(settings, predictor, replication=args.replication)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    """Publish a bundled series, a CSV, or synthetic random walks as ticks."""
+    import asyncio
+
+    from model import data
+    from streamer import replay
+    from streamer.app import ensure_topics
+    from streamer.settings import from_args
+
+    settings = from_args(args)
+    if args.synthetic:
+        total = args.synthetic * args.ticks_per_symbol
+        ticks = replay.synthetic(args.synthetic, total, seed=args.seed)
+        label = f"{args.synthetic} synthetic symbols"
+    else:
+        series = data.load(args.data)
+        total = sum(len(s) for s in series)
+        ticks = replay.interleave(series)
+        label = f"{args.data} ({len(series)} symbols)"
+    rate = None if args.rate == "max" else float(args.rate)
+    if rate is not None and rate <= 0:
+        raise ValueError("--rate must be > 0 or 'max'")
+
+    async def go() -> replay.ReplayResult:
+        await ensure_topics(settings)
+        return await replay.publish(
+            settings.kafka_bootstrap, settings.ticks_topic, ticks, rate=rate, total=total,
+            progress=not args.quiet,
+        )
+
+    res = asyncio.run(go())
+    print(f"replayed {res.sent} ticks of {label} in {res.seconds:.1f} s ({res.rate:,.0f}/s)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tickcast",
@@ -244,6 +311,38 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="retrain the models that ship with tickcast (minutes each)")
     p.add_argument("names", nargs="*", help="bundled data sets (default: all)")
     p.set_defaults(func=_bundle)
+
+    from streamer import kafka_local, settings
+
+    kafka_local.add_cli(sub)
+
+    p = sub.add_parser("serve", help="run the stream engine", description=_serve.__doc__)
+    p.add_argument(
+        "--replication", type=int, default=1, help="replication factor of topics it creates"
+    )
+    settings.add_arguments(
+        p,
+        [
+            "kafka_bootstrap", "ticks_topic", "forecasts_topic", "dlq_topic", "state_topic",
+            "partitions", "group", "instance", "model", "max_symbols", "idle_evict_s",
+            "exactly_once", "checkpoint_interval_s", "max_batch", "fetch_wait_ms",
+            "metrics_host", "metrics_port", "log_level",
+        ],
+    )  # fmt: skip
+    p.set_defaults(func=_serve)
+
+    p = sub.add_parser("replay", help="publish a series as ticks", description=_replay.__doc__)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--data", help="bundled name (see `tickcast datasets`) or CSV path")
+    src.add_argument("--synthetic", type=int, metavar="S", help="S random-walk symbols")
+    p.add_argument(
+        "--ticks-per-symbol", type=int, default=1000, help="with --synthetic (default 1000)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="with --synthetic (default 0)")
+    p.add_argument("--rate", default="max", help="ticks per second, or 'max' (default)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "partitions"])
+    p.set_defaults(func=_replay)
     return parser
 
 

@@ -12,6 +12,8 @@ import pytest
 
 from model.config import ModelConfig, TrainConfig
 
+pytest_plugins = ["tests.kafka_fixtures"]
+
 
 @pytest.fixture
 def tiny_config() -> ModelConfig:

@@ -116,3 +116,23 @@ def test_runtime_lives_on_the_requested_device(setup):
     dev = jax.devices()[0]
     r = Runtime(params, cfg, 2, device=dev)
     assert dev in r.hc.devices()
+
+
+def test_advance_equals_successive_steps(setup):
+    cfg, params = setup
+    rng = np.random.default_rng(5)
+    slots = np.array([4, 0, 2])
+    counts = np.array([3, 1, 5])
+    xs = rng.normal(size=(5, 3, cfg.n_features)).astype(np.float32)
+    a = Runtime(params, cfg, n_slots=6)
+    b = Runtime(params, cfg, n_slots=6)
+    got = a.advance(slots, xs, counts)
+    assert got.shape == (5, 3, 2)
+    for t in range(5):
+        live = np.flatnonzero(t < counts)
+        want = b.step(slots[live], xs[t, live])
+        np.testing.assert_allclose(got[t, live], want, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(a.states_of(slots), b.states_of(slots), rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(a.states_of([1, 3, 5]), 0.0)  # untouched slots
+    b.set_states(np.array([1]), a.states_of([4]))
+    np.testing.assert_array_equal(b.states_of([1]), a.states_of([4]))

@@ -1,0 +1,485 @@
+"""`tickcast serve`: the async shell around the engine (Kafka in, Kafka and hub out).
+
+One micro-batch at a time: `getmany` → decode → `Engine.apply` → publish forecasts,
+dead letters, (periodically) state checkpoints, and the consumed offsets — in ONE Kafka
+transaction by default (exactly-once), or publish-then-commit (at-least-once).
+
+Restart and rebalance use one path. When a ticks partition is assigned, its symbols' state
+is read back from the compacted state topic (same partition number). The partition's
+marker record says which tick offset that state covers; the consumer seeks there and
+re-applies the ticks between the marker and the group's committed offset without
+publishing (their forecasts are already out), then carries on. So a restarted or moved
+symbol continues exactly where an uninterrupted run would be. Any Kafka failure tears the
+session down and starts a new one through the same path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.structs import TopicPartition
+
+from model.checkpoint import Predictor
+from streamer.engine import MARKER_KEY, Engine, Forecasts, decode_marker, encode_marker
+from streamer.hub import Hub, to_dicts
+from streamer.metrics import Metrics, close_http, serve_http
+from streamer.settings import Settings
+from streamer.ticks import Rejected, decode
+
+log = logging.getLogger(__name__)
+
+MAX_RECORD_BYTES = 1 << 20
+
+
+async def ensure_topics(settings: Settings, replication: int = 1) -> None:
+    """Create the four topics if absent (state: compacted, same partitions as ticks)."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        p = settings.partitions
+        compact = {
+            "cleanup.policy": "compact",
+            "segment.ms": "60000",
+            "min.cleanable.dirty.ratio": "0.1",
+            "delete.retention.ms": "3600000",
+        }
+        wanted = [
+            NewTopic(settings.ticks_topic, p, replication),
+            NewTopic(settings.forecasts_topic, p, replication),
+            NewTopic(settings.dlq_topic, p, replication),
+            NewTopic(settings.state_topic, p, replication, topic_configs=compact),
+        ]
+        new = [t for t in wanted if t.name not in existing]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):
+                await admin.create_topics(new)
+    finally:
+        await admin.close()
+
+
+@dataclass
+class _Partition:
+    """Where a ticks partition stands in this session."""
+
+    next_offset: int  # first tick offset not applied yet
+    publish_from: int  # ticks before this already have their forecasts published
+    checkpointed: int = -1  # next_offset at the last marker written
+
+
+@dataclass
+class Stats:
+    """Counters of this process (tests read them; Prometheus has the same)."""
+
+    batches: int = 0
+    ticks: int = 0
+    forecasts: int = 0
+    rejected: int = 0
+    replayed: int = 0
+    sessions: int = 0
+    assigned: list[list[int]] = field(default_factory=list)
+
+
+class Server:
+    """The serving loop. `await Server(settings, predictor).run(stop_event)`."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        predictor: Predictor,
+        hub: Hub | None = None,
+        metrics: Metrics | None = None,
+        replication: int = 1,
+    ) -> None:
+        self.settings = settings
+        self.engine = Engine(predictor, settings.max_symbols, settings.idle_evict_s)
+        self.hub = hub or Hub()
+        self.metrics = metrics or Metrics()
+        self.metrics.set_model({"version": predictor.version, **predictor.config.to_dict()})
+        self.replication = replication
+        self.stats = Stats()
+        self.lock = asyncio.Lock()
+        self.parts: dict[int, _Partition] = {}
+        self._last_checkpoint = 0.0
+        self._consumer: AIOKafkaConsumer | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._restorer: AIOKafkaConsumer | None = None
+        self._n_forecast_parts = settings.partitions
+        self._n_dlq_parts = settings.partitions
+        self._stopping = False
+
+    # ------------------------------------------------------------------ lifecycle
+    async def run(self, stop: asyncio.Event | None = None) -> None:
+        """Serve until `stop` is set (or SIGTERM/SIGINT when run from the CLI)."""
+        stop = stop or asyncio.Event()
+        await ensure_topics(self.settings, self.replication)
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                backoff = 0.5
+            except (KafkaError, OSError) as e:
+                log.warning("Kafka session failed (%s: %s); reconnecting", type(e).__name__, e)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        self.stats.sessions += 1
+        self.engine.drop_partitions(range(1 << 16))
+        self.parts.clear()
+        producer = AIOKafkaProducer(
+            bootstrap_servers=s.kafka_bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            transactional_id=f"tickcast-{s.group}-{s.instance}" if s.exactly_once else None,
+            transaction_timeout_ms=15000,
+            max_batch_size=MAX_RECORD_BYTES,
+            max_request_size=4 * MAX_RECORD_BYTES,
+            linger_ms=0,
+        )
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            group_id=s.group,
+            client_id=s.instance,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            fetch_max_wait_ms=s.fetch_wait_ms,
+            max_partition_fetch_bytes=8 * MAX_RECORD_BYTES,
+            fetch_max_bytes=32 * MAX_RECORD_BYTES,
+        )
+        restorer = AIOKafkaConsumer(
+            bootstrap_servers=s.kafka_bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            max_partition_fetch_bytes=8 * MAX_RECORD_BYTES,
+            fetch_max_bytes=32 * MAX_RECORD_BYTES,
+        )
+        self._producer, self._consumer, self._restorer = producer, consumer, restorer
+        started: list[Any] = []
+        try:
+            for client in (producer, restorer, consumer):
+                if client is consumer:
+                    consumer.subscribe([s.ticks_topic], listener=_Listener(self))
+                await client.start()
+                started.append(client)
+            self._n_forecast_parts = len(await producer.partitions_for(s.forecasts_topic)) or 1
+            self._n_dlq_parts = len(await producer.partitions_for(s.dlq_topic)) or 1
+            log.info("session %d: consuming %s as %s", self.stats.sessions, s.ticks_topic, s.instance)
+            while not stop.is_set():
+                batch = await consumer.getmany(timeout_ms=100, max_records=s.max_batch)
+                async with self.lock:
+                    if batch:
+                        await self._process(batch)
+                    elif self.parts and time.monotonic() - self._last_checkpoint > (
+                        s.checkpoint_interval_s
+                    ):
+                        await self._publish(None, [], [], {}, force_checkpoint=True)
+            async with self.lock:  # graceful stop: everything applied is checkpointed
+                self._stopping = True
+                if self.parts:
+                    await self._publish(None, [], [], {}, force_checkpoint=True)
+        finally:
+            for client in reversed(started):
+                with contextlib.suppress(Exception):
+                    await client.stop()
+            self._producer = self._consumer = self._restorer = None
+            self._stopping = False
+
+    # ------------------------------------------------------------------ rebalance
+    async def assigned(self, partitions: set[TopicPartition]) -> None:
+        async with self.lock:
+            mine = sorted(tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic)
+            self.stats.assigned.append(mine)
+            for p in mine:
+                await self._restore(p)
+            self.metrics.symbols.set(len(self.engine))
+
+    async def revoked(self, partitions: set[TopicPartition]) -> None:
+        async with self.lock:
+            mine = [tp.partition for tp in partitions if tp.partition in self.parts]
+            if not mine:
+                return
+            if not self._stopping and self._producer is not None:
+                with contextlib.suppress(KafkaError):  # a failure restores from Kafka anyway
+                    await self._publish(None, [], [], {}, force_checkpoint=True, only=mine)
+            self.engine.drop_partitions(mine)
+            for p in mine:
+                self.parts.pop(p, None)
+            self.metrics.symbols.set(len(self.engine))
+
+    async def _restore(self, p: int) -> None:
+        """Load partition p's symbols from the state topic and seek to its marker."""
+        assert self._restorer is not None and self._consumer is not None
+        s = self.settings
+        stp, ttp = TopicPartition(s.state_topic, p), TopicPartition(s.ticks_topic, p)
+        self._restorer.assign([stp])
+        await self._restorer.seek_to_beginning(stp)
+        end = (await self._restorer.end_offsets([stp]))[stp]
+        latest: dict[bytes, bytes | None] = {}
+        idle_since = time.monotonic()
+        while await self._restorer.position(stp) < end:
+            got = await self._restorer.getmany(stp, timeout_ms=200)
+            for rec in got.get(stp, []):
+                latest[rec.key] = rec.value
+                idle_since = time.monotonic()
+            if not got and time.monotonic() - idle_since > 5.0:
+                log.warning("state partition %d: stopped short of offset %d", p, end)
+                break
+        marker = latest.pop(MARKER_KEY, None)
+        committed = await self._consumer.committed(ttp)
+        values = [v for v in latest.values() if v is not None]
+        if marker is not None:
+            start = decode_marker(marker)
+            restored, rewarmed = self.engine.restore(values)
+            self.metrics.restored.inc(restored + rewarmed)
+            self._consumer.seek(ttp, start)
+        else:
+            start = committed if committed is not None else 0
+            restored = rewarmed = 0
+            if committed:
+                log.warning("partition %d: committed offset %d but no state; starting cold", p, start)
+            if committed is not None:
+                self._consumer.seek(ttp, start)
+        publish_from = max(start, committed or 0)
+        self.parts[p] = _Partition(next_offset=start, publish_from=publish_from)
+        log.info(
+            "partition %d: %d symbols restored (%d re-warmed), replay %d..%d, publish from %d",
+            p, restored + rewarmed, rewarmed, start, publish_from, publish_from,
+        )
+
+    # ------------------------------------------------------------------ the batch
+    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+        t0 = time.perf_counter()
+        values: list[bytes | None] = []
+        keys: list[bytes | None] = []
+        part: list[int] = []
+        offs: list[int] = []
+        stamps: list[int] = []
+        advanced: dict[int, int] = {}
+        for tp, recs in batch.items():
+            st = self.parts.get(tp.partition)
+            if st is None:  # revoked while this batch was in flight
+                continue
+            for rec in recs:
+                if rec.offset < st.next_offset:  # applied already (a replay or re-fetch)
+                    continue
+                values.append(rec.value)
+                keys.append(rec.key)
+                part.append(tp.partition)
+                offs.append(rec.offset)
+                stamps.append(rec.timestamp)
+            if recs:
+                advanced[tp.partition] = max(st.next_offset, recs[-1].offset + 1)
+        if not values:
+            return
+        decoded, bad = decode(values, keys)
+        partition = np.asarray(part, np.int32)
+        offset = np.asarray(offs, np.int64)
+        applied = self.engine.apply(decoded, partition, offset)
+        f = applied.forecasts
+        rejected = bad + applied.rejected
+        if applied.evicted:
+            self.metrics.evictions.inc(len(applied.evicted))
+            self.hub.announce({"type": "evicted", "symbols": applied.evicted})
+        # Re-applied ticks (after a restore) rebuild state only: their forecasts are out.
+        limit = np.asarray([self.parts[p].publish_from for p in part], np.int64)
+        fresh = offset >= limit
+        publish = fresh[f.index] if len(f) else np.zeros(0, bool)
+        dead = [r for r in rejected if fresh[r.index]]
+        await self._publish(f, publish, dead, advanced, values=values, keys=keys, part=part,
+                            offs=offs)
+        for p, nxt in advanced.items():
+            self.parts[p].next_offset = nxt
+        # Metrics, once per batch.
+        n_pub = int(publish.sum())
+        m = self.metrics
+        m.ticks.inc(len(values))
+        m.forecasts.inc(n_pub)
+        m.replayed.inc(int((~fresh).sum()))
+        for r in rejected:
+            m.rejected.labels(r.reason).inc()
+        m.batch.observe(len(values))
+        m.step.observe(applied.step_s)
+        m.batch_seconds.observe(time.perf_counter() - t0)
+        if n_pub:
+            now_ms = time.time() * 1000
+            pub_stamps = np.asarray(stamps, np.int64)[f.index[publish]]
+            for q in (pub_stamps.min(), np.median(pub_stamps), pub_stamps.max()):
+                m.latency.observe(max(0.0, (now_ms - float(q)) / 1000))
+        m.record_errors(f.sq_err_model, f.sq_err_persistence, f.n_err)
+        m.symbols.set(len(self.engine))
+        assert self._consumer is not None
+        for p, nxt in advanced.items():
+            hw = self._consumer.highwater(TopicPartition(self.settings.ticks_topic, p))
+            if hw is not None:
+                m.lag.labels(str(p)).set(max(0, hw - nxt))
+        self.stats.batches += 1
+        self.stats.ticks += len(values)
+        self.stats.forecasts += n_pub
+        self.stats.rejected += len(dead)
+        self.stats.replayed += int((~fresh).sum())
+
+    async def _publish(
+        self,
+        f: Forecasts | None,
+        publish: np.ndarray | list[bool],
+        dead: list[Rejected],
+        advanced: dict[int, int],
+        *,
+        force_checkpoint: bool = False,
+        only: list[int] | None = None,
+        values: list[bytes | None] | None = None,
+        keys: list[bytes | None] | None = None,
+        part: list[int] | None = None,
+        offs: list[int] | None = None,
+    ) -> None:
+        """Send forecasts, dead letters, due checkpoints and offsets; atomically when
+        exactly-once. Raises KafkaError on failure (the session restarts and restores)."""
+        s = self.settings
+        producer, consumer = self._producer, self._consumer
+        assert producer is not None and consumer is not None
+        dicts: list[dict[str, Any]] = []
+        if f is not None and len(f):
+            idx = np.flatnonzero(np.asarray(publish))
+            dicts = to_dicts(f)
+            dicts = [dicts[i] for i in idx]
+            for d in dicts:
+                d["instance"] = s.instance
+        # Which partitions checkpoint now: due by time, or never checkpointed yet.
+        scope = only if only is not None else list(self.parts)
+        now = time.monotonic()
+        due = force_checkpoint or now - self._last_checkpoint >= s.checkpoint_interval_s
+        cp_parts = [
+            p
+            for p in scope
+            if due or self.parts[p].checkpointed < 0
+        ]
+        nxt = {p: advanced.get(p, self.parts[p].next_offset) for p in scope}
+        offsets = {TopicPartition(s.ticks_topic, p): o for p, o in nxt.items() if p in advanced}
+
+        async def send_all() -> list[asyncio.Future[Any]]:
+            futs: list[asyncio.Future[Any]] = []
+            by_part: dict[int, list[tuple[bytes, bytes]]] = {}
+            for d in dicts:
+                p = d["source"]["partition"] % self._n_forecast_parts
+                by_part.setdefault(p, []).append((d["symbol"].encode(), orjson.dumps(d)))
+            for p, recs in by_part.items():
+                futs += await self._send_records(s.forecasts_topic, p, recs)
+            if dead:
+                assert values is not None and keys is not None
+                assert part is not None and offs is not None
+                for r in dead:
+                    headers = [
+                        ("reason", r.reason.encode()),
+                        ("detail", r.detail.encode()),
+                        ("source", f"{s.ticks_topic}/{part[r.index]}/{offs[r.index]}".encode()),
+                    ]
+                    fut = await producer.send(
+                        s.dlq_topic,
+                        value=values[r.index] if values[r.index] is not None else b"",
+                        key=keys[r.index],
+                        partition=part[r.index] % self._n_dlq_parts,
+                        headers=headers,
+                    )
+                    futs.append(fut)
+            return futs
+
+        async def send_state() -> list[asyncio.Future[Any]]:
+            futs: list[asyncio.Future[Any]] = []
+            if not cp_parts:
+                return futs
+            records = self.engine.checkpoint(cp_parts)
+            n = 0
+            for p, recs in records.items():
+                recs.append((MARKER_KEY, encode_marker(nxt[p], self.engine.version)))
+                futs += await self._send_records(s.state_topic, p, recs)
+                n += len(recs) - 1
+            self.metrics.checkpoints.inc(n)
+            return futs
+
+        if s.exactly_once:
+            async with producer.transaction():
+                await send_all()
+                await send_state()
+                if offsets:
+                    await producer.send_offsets_to_transaction(offsets, s.group)
+        else:
+            await asyncio.gather(*(await send_all()))
+            await asyncio.gather(*(await send_state()))
+            if offsets:
+                await consumer.commit(offsets)
+        for p in cp_parts:
+            self.parts[p].checkpointed = nxt[p]
+        if cp_parts and due:
+            self._last_checkpoint = now
+        if dicts:
+            self.hub.publish(dicts)
+
+    async def _send_records(
+        self, topic: str, partition: int, recs: list[tuple[bytes, bytes | None]]
+    ) -> list[asyncio.Future[Any]]:
+        """Send records to one partition as few record batches (cheaper than `send` each)."""
+        producer = self._producer
+        assert producer is not None
+        futs: list[asyncio.Future[Any]] = []
+        batch = producer.create_batch()
+        for key, value in recs:
+            if batch.append(key=key, value=value, timestamp=None) is None:
+                futs.append(await producer.send_batch(batch, topic, partition=partition))
+                batch = producer.create_batch()
+                batch.append(key=key, value=value, timestamp=None)
+        if batch.record_count():
+            futs.append(await producer.send_batch(batch, topic, partition=partition))
+        return futs
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, server: Server) -> None:
+        self.server = server
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self.server.revoked(revoked)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self.server.assigned(assigned)
+
+
+def serve(settings: Settings, predictor: Predictor, replication: int = 1) -> int:
+    """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    metrics = Metrics()
+    http = serve_http(metrics, settings.metrics_host, settings.metrics_port) if (
+        settings.metrics_port
+    ) else None
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        server = Server(settings, predictor, metrics=metrics, replication=replication)
+        await server.run(stop)
+        log.info(
+            "stopped: %d ticks, %d forecasts, %d rejected",
+            server.stats.ticks, server.stats.forecasts, server.stats.rejected,
+        )
+
+    try:
+        asyncio.run(main())
+    finally:
+        if http is not None:
+            close_http(http)
+    return 0

@@ -1,0 +1,124 @@
+"""One settings object for every subcommand: defaults, then `TICKCAST_*` environment
+variables, then command-line flags (highest wins).
+
+Each field's name maps to a flag (`kafka_bootstrap` → `--kafka-bootstrap`) and an
+environment variable (`TICKCAST_KAFKA_BOOTSTRAP`). Subcommands declare which fields they
+take with `add_arguments(parser, names)`; `from_args(ns)` builds the object back.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+ENV_PREFIX = "TICKCAST_"
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the stream tools can be told. Units are in the names."""
+
+    kafka_bootstrap: str = "127.0.0.1:9092"
+    ticks_topic: str = "ticks"
+    forecasts_topic: str = "forecasts"
+    dlq_topic: str = "ticks.dlq"
+    state_topic: str = "tickcast.state"
+    partitions: int = 4
+    group: str = "tickcast"
+    instance: str = "serve-1"
+    model: str = "stocks"
+    max_symbols: int = 16384
+    idle_evict_s: float = 3600.0
+    exactly_once: bool = True
+    checkpoint_interval_s: float = 2.0
+    max_batch: int = 20000
+    fetch_wait_ms: int = 5
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = 9300
+    log_level: str = "INFO"
+
+
+HELP: dict[str, str] = {
+    "kafka_bootstrap": "Kafka bootstrap servers, host:port[,host:port]",
+    "ticks_topic": "topic the ticks arrive on (key = symbol, JSON value)",
+    "forecasts_topic": "topic forecasts are published to (key = symbol)",
+    "dlq_topic": "dead-letter topic for rejected ticks (original bytes, reason in headers)",
+    "state_topic": "compacted topic of per-symbol state checkpoints",
+    "partitions": "partitions for topics this tool creates (ticks, forecasts, dlq, state)",
+    "group": "Kafka consumer group of the serving instances",
+    "instance": "this instance's name, unique in the group and stable across restarts "
+    "(it names the transactional producer, so a restart fences its predecessor)",
+    "model": "model checkpoint directory or bundled model name",
+    "max_symbols": "most symbols held at once; the least recently seen is evicted beyond it",
+    "idle_evict_s": "evict a symbol after this many seconds without a tick",
+    "exactly_once": "Kafka transactions: forecasts, state and offsets commit atomically "
+    "(--no-exactly-once: at-least-once, forecasts carry (partition, offset) to dedupe)",
+    "checkpoint_interval_s": "seconds between per-symbol state checkpoints",
+    "max_batch": "most ticks taken from Kafka per micro-batch",
+    "fetch_wait_ms": "longest wait for more ticks before a micro-batch runs",
+    "metrics_host": "address of the Prometheus metrics endpoint",
+    "metrics_port": "port of the Prometheus metrics endpoint (0: none)",
+    "log_level": "logging level",
+}
+
+
+def env_name(name: str) -> str:
+    return ENV_PREFIX + name.upper()
+
+
+def _parse_bool(text: str) -> bool:
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"not a boolean: {text!r}")
+
+
+def _convert(name: str, kind: type, text: str) -> Any:
+    try:
+        return _parse_bool(text) if kind is bool else kind(text)
+    except ValueError as e:
+        raise ValueError(f"{env_name(name)}={text!r}: {e}") from None
+
+
+def _kinds() -> dict[str, type]:
+    defaults = Settings()
+    return {f.name: type(getattr(defaults, f.name)) for f in fields(Settings)}
+
+
+def from_env(environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults overridden by `TICKCAST_*` variables."""
+    env = os.environ if environ is None else environ
+    kinds = _kinds()
+    values = {n: _convert(n, k, env[env_name(n)]) for n, k in kinds.items() if env_name(n) in env}
+    return Settings(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None:
+    """Add a flag for each named setting; its default comes from the environment."""
+    base = from_env()
+    kinds = _kinds()
+    group = parser.add_argument_group("settings (flag, or TICKCAST_<NAME> in the environment)")
+    for name in names:
+        kind = kinds[name]
+        flag = "--" + name.replace("_", "-")
+        default = getattr(base, name)
+        text = f"{HELP[name]} [{env_name(name)}; default {default}]"
+        if kind is bool:
+            group.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text
+            )
+        else:
+            group.add_argument(flag, dest=name, type=kind, default=default, help=text)
+
+
+def from_args(ns: argparse.Namespace) -> Settings:
+    """Settings from parsed flags (fields without a flag keep their environment value)."""
+    base = from_env()
+    given = {f.name: getattr(ns, f.name) for f in fields(Settings) if hasattr(ns, f.name)}
+    return dataclasses.replace(base, **given)

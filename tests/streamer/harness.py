@@ -1,0 +1,149 @@
+"""Helpers for the tests that run the stream against a real Kafka broker."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.partitioner import DefaultPartitioner
+
+from model.checkpoint import Predictor
+from streamer.app import ensure_topics
+from streamer.engine import Engine
+from streamer.settings import Settings
+from streamer.ticks import decode, encode
+
+ROOT = Path(__file__).resolve().parents[2]
+Tick = tuple[str, int, float, float | None]
+
+
+def fresh_settings(bootstrap: str, **kw: Any) -> Settings:
+    """Settings with topics and group unique to one test."""
+    tag = uuid.uuid4().hex[:8]
+    base = Settings(
+        kafka_bootstrap=bootstrap,
+        ticks_topic=f"ticks-{tag}",
+        forecasts_topic=f"forecasts-{tag}",
+        dlq_topic=f"dlq-{tag}",
+        state_topic=f"state-{tag}",
+        group=f"g-{tag}",
+        partitions=3,
+        metrics_port=0,
+        checkpoint_interval_s=0.5,
+    )
+    return replace(base, **kw)
+
+
+def partition_of(symbol: str, n: int) -> int:
+    parts = list(range(n))
+    return int(DefaultPartitioner()(symbol.encode(), parts, parts))
+
+
+async def produce_raw(
+    settings: Settings, records: Iterable[tuple[bytes | None, bytes | None, int | None]]
+) -> None:
+    """Send (key, value, partition or None: by key) records in order."""
+    await ensure_topics(settings)
+    producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap, acks="all")
+    await producer.start()
+    try:
+        futs = []
+        for key, value, part in records:
+            if part is None:
+                part = partition_of(key.decode() if key else "", settings.partitions)
+            futs.append(await producer.send(settings.ticks_topic, value, key=key, partition=part))
+        await asyncio.gather(*futs)
+    finally:
+        await producer.stop()
+
+
+def tick_records(ticks: Iterable[Tick]) -> list[tuple[bytes | None, bytes | None, int | None]]:
+    return [(t[0].encode(), encode(*t), None) for t in ticks]
+
+
+async def read_topic(
+    bootstrap: str, topic: str, *, expect: int | None = None, idle_s: float = 3.0,
+    timeout_s: float = 120.0,
+) -> list[Any]:
+    """Every committed record of a topic: until `expect` are read, or nothing new arrives
+    for `idle_s` once the end is reached."""
+    c = AIOKafkaConsumer(
+        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+        isolation_level="read_committed", enable_auto_commit=False,
+    )
+    await c.start()
+    out: list[Any] = []
+    t0 = last = time.monotonic()
+    try:
+        while time.monotonic() - t0 < timeout_s:
+            got = await c.getmany(timeout_ms=200)
+            for recs in got.values():
+                out += recs
+                last = time.monotonic()
+            if expect is not None and len(out) >= expect:
+                await asyncio.sleep(0.5)  # catch duplicates, if any
+                for recs in (await c.getmany(timeout_ms=300)).values():
+                    out += recs
+                break
+            if expect is None and time.monotonic() - last > idle_s:
+                break
+    finally:
+        await c.stop()
+    return out
+
+
+def forecasts_of(records: list[Any]) -> list[dict[str, Any]]:
+    return [orjson.loads(r.value) for r in records]
+
+
+def reference(pred: Predictor, ticks: list[Tick], n_partitions: int) -> dict[tuple[str, int], float]:
+    """An uninterrupted in-process run: {(symbol, seq): forecast}."""
+    eng = Engine(pred)
+    out: dict[tuple[str, int], float] = {}
+    for i in range(0, len(ticks), 500):
+        part = ticks[i : i + 500]
+        good, bad = decode([encode(*t) for t in part], [t[0].encode() for t in part])
+        assert bad == []
+        p = np.asarray([partition_of(t[0], n_partitions) for t in part], np.int32)
+        f = eng.apply(good, p, np.arange(i, i + len(part))).forecasts
+        for j, sym in enumerate(f.symbols):
+            out[(sym, int(f.seq[j]))] = float(f.forecast[j])
+    return out
+
+
+def serve_process(settings: Settings, log: Path, **extra: str) -> subprocess.Popen[bytes]:
+    """`tickcast serve` in its own process, configured through TICKCAST_* variables."""
+    env = dict(os.environ)
+    for name, value in vars(settings).items():
+        env["TICKCAST_" + name.upper()] = str(value)
+    env.update({"TICKCAST_" + k.upper(): v for k, v in extra.items()})
+    env["JAX_PLATFORMS"] = "cpu"
+    with open(log, "ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamer.cli", "serve"], cwd=ROOT, env=env, stdout=fh,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def check_exactly_once(
+    fc: list[dict[str, Any]], ticks: list[Tick], ref: dict[tuple[str, int], float]
+) -> None:
+    """One forecast per tick, each equal to the uninterrupted run's."""
+    keys = [(d["source"]["partition"], d["source"]["offset"]) for d in fc]
+    assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} duplicate forecasts"
+    assert len(fc) == len(ticks), f"{len(fc)} forecasts for {len(ticks)} ticks"
+    got = {(d["symbol"], d["seq"]): d["forecast"] for d in fc}
+    assert set(got) == set(ref)
+    worst = max(abs(got[k] - v) / abs(v) for k, v in ref.items())
+    assert worst <= 1e-5, f"largest relative difference {worst}"
