@@ -123,10 +123,10 @@ class Server:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set (or SIGTERM/SIGINT when run from the CLI)."""
         stop = stop or asyncio.Event()
-        await ensure_topics(self.settings, self.replication)
         backoff = 0.5
         while not stop.is_set():
             try:
+                await ensure_topics(self.settings, self.replication)
                 await self._session(stop)
                 backoff = 0.5
             except (KafkaError, OSError) as e:
@@ -178,7 +178,9 @@ class Server:
                 started.append(client)
             self._n_forecast_parts = len(await producer.partitions_for(s.forecasts_topic)) or 1
             self._n_dlq_parts = len(await producer.partitions_for(s.dlq_topic)) or 1
-            log.info("session %d: consuming %s as %s", self.stats.sessions, s.ticks_topic, s.instance)
+            log.info(
+                "session %d: consuming %s as %s", self.stats.sessions, s.ticks_topic, s.instance
+            )
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=s.max_batch)
                 async with self.lock:
@@ -202,7 +204,9 @@ class Server:
     # ------------------------------------------------------------------ rebalance
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         async with self.lock:
-            mine = sorted(tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic)
+            mine = sorted(
+                tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic
+            )
             self.stats.assigned.append(mine)
             for p in mine:
                 await self._restore(p)
@@ -251,14 +255,21 @@ class Server:
             start = committed if committed is not None else 0
             restored = rewarmed = 0
             if committed:
-                log.warning("partition %d: committed offset %d but no state; starting cold", p, start)
+                log.warning(
+                    "partition %d: committed offset %d but no state; starting cold", p, start
+                )
             if committed is not None:
                 self._consumer.seek(ttp, start)
         publish_from = max(start, committed or 0)
         self.parts[p] = _Partition(next_offset=start, publish_from=publish_from)
         log.info(
             "partition %d: %d symbols restored (%d re-warmed), replay %d..%d, publish from %d",
-            p, restored + rewarmed, rewarmed, start, publish_from, publish_from,
+            p,
+            restored + rewarmed,
+            rewarmed,
+            start,
+            publish_from,
+            publish_from,
         )
 
     # ------------------------------------------------------------------ the batch
@@ -300,8 +311,9 @@ class Server:
         fresh = offset >= limit
         publish = fresh[f.index] if len(f) else np.zeros(0, bool)
         dead = [r for r in rejected if fresh[r.index]]
-        await self._publish(f, publish, dead, advanced, values=values, keys=keys, part=part,
-                            offs=offs)
+        await self._publish(
+            f, publish, dead, advanced, values=values, keys=keys, part=part, offs=offs
+        )
         for p, nxt in advanced.items():
             self.parts[p].next_offset = nxt
         # Metrics, once per batch.
@@ -363,17 +375,13 @@ class Server:
         scope = only if only is not None else list(self.parts)
         now = time.monotonic()
         due = force_checkpoint or now - self._last_checkpoint >= s.checkpoint_interval_s
-        cp_parts = [
-            p
-            for p in scope
-            if due or self.parts[p].checkpointed < 0
-        ]
+        cp_parts = [p for p in scope if due or self.parts[p].checkpointed < 0]
         nxt = {p: advanced.get(p, self.parts[p].next_offset) for p in scope}
         offsets = {TopicPartition(s.ticks_topic, p): o for p, o in nxt.items() if p in advanced}
 
         async def send_all() -> list[asyncio.Future[Any]]:
             futs: list[asyncio.Future[Any]] = []
-            by_part: dict[int, list[tuple[bytes, bytes]]] = {}
+            by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
             for d in dicts:
                 p = d["source"]["partition"] % self._n_forecast_parts
                 by_part.setdefault(p, []).append((d["symbol"].encode(), orjson.dumps(d)))
@@ -461,9 +469,11 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 def serve(settings: Settings, predictor: Predictor, replication: int = 1) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     metrics = Metrics()
-    http = serve_http(metrics, settings.metrics_host, settings.metrics_port) if (
-        settings.metrics_port
-    ) else None
+    http = (
+        serve_http(metrics, settings.metrics_host, settings.metrics_port)
+        if (settings.metrics_port)
+        else None
+    )
 
     async def main() -> None:
         stop = asyncio.Event()
@@ -474,7 +484,9 @@ def serve(settings: Settings, predictor: Predictor, replication: int = 1) -> int
         await server.run(stop)
         log.info(
             "stopped: %d ticks, %d forecasts, %d rejected",
-            server.stats.ticks, server.stats.forecasts, server.stats.rejected,
+            server.stats.ticks,
+            server.stats.forecasts,
+            server.stats.rejected,
         )
 
     try:

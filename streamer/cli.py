@@ -216,9 +216,11 @@ def _logging(level: str) -> None:
     import logging
 
     logging.basicConfig(
-        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+        level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
     )
-    logging.getLogger("aiokafka").setLevel(max(logging.WARNING, logging.getLevelName(level.upper())))
+    quiet = max(logging.WARNING, logging.getLevelName(level.upper()))
+    for noisy in ("aiokafka", "jax", "absl", "orbax"):
+        logging.getLogger(noisy).setLevel(quiet)
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -258,7 +260,11 @@ def _replay(args: argparse.Namespace) -> int:
     async def go() -> replay.ReplayResult:
         await ensure_topics(settings)
         return await replay.publish(
-            settings.kafka_bootstrap, settings.ticks_topic, ticks, rate=rate, total=total,
+            settings.kafka_bootstrap,
+            settings.ticks_topic,
+            ticks,
+            rate=rate,
+            total=total,
             progress=not args.quiet,
         )
 

@@ -192,6 +192,14 @@ class Engine:
           One forecast per accepted tick; ticks older than their symbol's previous tick, or
           arriving on another partition than the symbol's, are rejected untouched.
         """
+        if len(ticks) > self.max_symbols:
+            distinct: set[str] = set()
+            for i, sym in enumerate(ticks.symbols):
+                distinct.add(sym)
+                if len(distinct) > self.max_symbols:
+                    # More symbols than slots in one batch: apply the part that fits, then
+                    # the rest (which evicts from the first part).
+                    return self._split(ticks, i, partition, offset)
         now = self.clock()
         evicted: list[str] = []
         rejected: list[Rejected] = []
@@ -210,10 +218,6 @@ class Engine:
             src = ticks.index[i]
             slot = slot_of.get(sym)
             if slot is None:
-                if len(pending) >= self.max_symbols:
-                    raise ValueError(
-                        f"a micro-batch holds more than max_symbols={self.max_symbols} symbols"
-                    )
                 slot = self._allocate(sym, evicted)
                 self.last_seen[slot] = now  # touched: not a candidate for eviction
                 self.partition[slot] = partition[src]
@@ -235,7 +239,9 @@ class Engine:
             t = ticks.ts[i]
             if t < last_ts[slot]:
                 rejected.append(
-                    Rejected(src, "stale_ts", f"ts {t} is older than {sym!r}'s last {last_ts[slot]}")
+                    Rejected(
+                        src, "stale_ts", f"ts {t} is older than {sym!r}'s last {last_ts[slot]}"
+                    )
                 )
                 continue
             last_ts[slot] = t
@@ -251,7 +257,7 @@ class Engine:
         if m == 0:
             return Applied(self._empty(), rejected, evicted)
         kept = np.asarray(keep, np.int64)
-        src = np.asarray(ticks.index, np.int64)[kept]
+        srcs = np.asarray(ticks.index, np.int64)[kept]
         ts = np.asarray(ticks.ts, np.int64)[kept]
         price = np.asarray(ticks.price, np.float64)[kept]
         vol = np.asarray(ticks.volume, np.float64)[kept]
@@ -275,9 +281,7 @@ class Engine:
         r, w = self.history, self.window
         ext_p = np.concatenate([self.prices[uniq], np.zeros((len(uniq), t_max))], axis=1)
         ext_t = np.concatenate([self.times[uniq], np.zeros((len(uniq), t_max), np.int64)], axis=1)
-        ext_v = np.concatenate(
-            [self.volumes[uniq], np.full((len(uniq), t_max), np.nan)], axis=1
-        )
+        ext_v = np.concatenate([self.volumes[uniq], np.full((len(uniq), t_max), np.nan)], axis=1)
         ext_p[u, r + kk] = price
         ext_t[u, r + kk] = ts
         ext_v[u, r + kk] = vol
@@ -324,17 +328,17 @@ class Engine:
         self.seq[uniq] += counts
         last = kk == counts[u] - 1
         self.last_ts[sl[last]] = ts[last]
-        self.offset[sl[last]] = offset[src[last]]
+        self.offset[sl[last]] = offset[srcs[last]]
         self.last_forecast[sl[last]] = fc[last]
         self.last_seen[uniq] = now
         self.dirty[uniq] = True
 
         f = Forecasts(
             symbols=[ticks.symbols[i] for i in keep],
-            index=src,
+            index=srcs,
             ts=ts,
-            partition=np.asarray(partition, np.int32)[src],
-            offset=np.asarray(offset, np.int64)[src],
+            partition=np.asarray(partition, np.int32)[srcs],
+            offset=np.asarray(offset, np.int64)[srcs],
             seq=seq,
             price=price,
             forecast=fc,
@@ -347,6 +351,37 @@ class Engine:
             n_err=n_err,
         )
         return Applied(f, rejected, evicted, step_s)
+
+    def _split(self, ticks: Decoded, at: int, partition: np.ndarray, offset: np.ndarray) -> Applied:
+        def part(idx: range) -> Decoded:
+            return Decoded(
+                ticks.symbols[idx.start : idx.stop],
+                ticks.ts[idx.start : idx.stop],
+                ticks.price[idx.start : idx.stop],
+                ticks.volume[idx.start : idx.stop],
+                ticks.index[idx.start : idx.stop],
+            )
+
+        first = self.apply(part(range(at)), partition, offset)
+        rest = self.apply(part(range(at, len(ticks))), partition, offset)
+        f1, f2 = first.forecasts, rest.forecasts
+        arrays = ("index", "ts", "partition", "offset", "seq", "price", "forecast", "lower",
+                  "upper", "warming")  # fmt: skip
+        cat = {n: np.concatenate([getattr(f1, n), getattr(f2, n)]) for n in arrays}
+        merged = Forecasts(
+            f1.symbols + f2.symbols,
+            **cat,
+            version=self.version,
+            sq_err_model=f1.sq_err_model + f2.sq_err_model,
+            sq_err_persistence=f1.sq_err_persistence + f2.sq_err_persistence,
+            n_err=f1.n_err + f2.n_err,
+        )
+        return Applied(
+            merged,
+            first.rejected + rest.rejected,
+            first.evicted + rest.evicted,
+            first.step_s + rest.step_s,
+        )
 
     def _empty(self) -> Forecasts:
         z = np.zeros(0)

@@ -54,23 +54,25 @@ class Metrics:
         )
         for reason in REASONS:
             self.rejected.labels(reason)
-        self.forecasts = Counter(
-            "tickcast_forecasts_published", "Forecasts published", registry=r
-        )
+        self.forecasts = Counter("tickcast_forecasts_published", "Forecasts published", registry=r)
         self.replayed = Counter(
             "tickcast_ticks_replayed",
             "Ticks re-applied after a restore to rebuild state (no forecast published)",
             registry=r,
         )
         self.lag = Gauge(
-            "tickcast_consumer_lag", "Ticks behind the end of each partition", ["partition"],
+            "tickcast_consumer_lag",
+            "Ticks behind the end of each partition",
+            ["partition"],
             registry=r,
         )
         self.batch = Histogram(
             "tickcast_batch_ticks", "Ticks per micro-batch", buckets=SIZE_BUCKETS, registry=r
         )
         self.step = Histogram(
-            "tickcast_step_seconds", "Device step per micro-batch", buckets=LATENCY_BUCKETS,
+            "tickcast_step_seconds",
+            "Device step per micro-batch",
+            buckets=LATENCY_BUCKETS,
             registry=r,
         )
         self.batch_seconds = Histogram(
@@ -92,7 +94,8 @@ class Metrics:
             "tickcast_state_records", "Per-symbol state records written", registry=r
         )
         self.restored = Counter(
-            "tickcast_state_restored", "Per-symbol states restored from the state topic",
+            "tickcast_state_restored",
+            "Per-symbol states restored from the state topic",
             registry=r,
         )
         self.model = Info("tickcast_model", "The model serving", registry=r)

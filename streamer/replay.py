@@ -34,9 +34,9 @@ def interleave(series: list[Series]) -> Iterator[Tick]:
         yield s.symbol, int(s.ts[r]), float(s.price[r]), vol
 
 
-def synthetic(n_symbols: int, n_ticks: int, seed: int = 0, start_ms: int = 1_700_000_000_000) -> (
-    Iterator[Tick]
-):
+def synthetic(
+    n_symbols: int, n_ticks: int, seed: int = 0, start_ms: int = 1_700_000_000_000
+) -> Iterator[Tick]:
     """`n_ticks` round-robin ticks of `n_symbols` random-walk symbols `SYN0000…`, one
     millisecond apart per symbol round (deterministic for a seed)."""
     rng = np.random.default_rng(seed)
@@ -77,7 +77,11 @@ async def publish(
     """Send ticks to `topic` (partition by the key's murmur2 hash, as Kafka's Java client
     does), at `rate` ticks/s or as fast as possible (`rate=None`)."""
     producer = AIOKafkaProducer(
-        bootstrap_servers=bootstrap, acks="all", linger_ms=0, max_batch_size=1 << 20
+        bootstrap_servers=bootstrap,
+        acks="all",
+        enable_idempotence=True,  # a retry after a broker outage must not duplicate ticks
+        linger_ms=0,
+        max_batch_size=1 << 20,
     )
     await producer.start()
     sent = 0

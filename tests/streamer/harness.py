@@ -73,14 +73,21 @@ def tick_records(ticks: Iterable[Tick]) -> list[tuple[bytes | None, bytes | None
 
 
 async def read_topic(
-    bootstrap: str, topic: str, *, expect: int | None = None, idle_s: float = 3.0,
+    bootstrap: str,
+    topic: str,
+    *,
+    expect: int | None = None,
+    idle_s: float = 3.0,
     timeout_s: float = 120.0,
 ) -> list[Any]:
     """Every committed record of a topic: until `expect` are read, or nothing new arrives
     for `idle_s` once the end is reached."""
     c = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        isolation_level="read_committed", enable_auto_commit=False,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        enable_auto_commit=False,
     )
     await c.start()
     out: list[Any] = []
@@ -107,7 +114,9 @@ def forecasts_of(records: list[Any]) -> list[dict[str, Any]]:
     return [orjson.loads(r.value) for r in records]
 
 
-def reference(pred: Predictor, ticks: list[Tick], n_partitions: int) -> dict[tuple[str, int], float]:
+def reference(
+    pred: Predictor, ticks: list[Tick], n_partitions: int
+) -> dict[tuple[str, int], float]:
     """An uninterrupted in-process run: {(symbol, seq): forecast}."""
     eng = Engine(pred)
     out: dict[tuple[str, int], float] = {}
@@ -131,7 +140,10 @@ def serve_process(settings: Settings, log: Path, **extra: str) -> subprocess.Pop
     env["JAX_PLATFORMS"] = "cpu"
     with open(log, "ab") as fh:
         return subprocess.Popen(
-            [sys.executable, "-m", "streamer.cli", "serve"], cwd=ROOT, env=env, stdout=fh,
+            [sys.executable, "-m", "streamer.cli", "serve"],
+            cwd=ROOT,
+            env=env,
+            stdout=fh,
             stderr=subprocess.STDOUT,
         )
 

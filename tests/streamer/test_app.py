@@ -71,7 +71,9 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
         await produce_raw(s, tick_records(ticks))
         server = Server(s, stocks, hub=hub, metrics=metrics)
         await serve_until(server, lambda: server.stats.forecasts >= len(ticks))
-        return forecasts_of(await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks)))
+        return forecasts_of(
+            await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks))
+        )
 
     try:
         fc = asyncio.run(go())
@@ -86,11 +88,15 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
     for sym_series in series:
         mine = sorted((d for d in fc if d["symbol"] == sym_series.symbol), key=lambda d: d["seq"])
         assert [d["seq"] for d in mine] == list(range(1, len(sym_series) + 1))
-        assert all(d["warming"] for d in mine[: w - 1]) and not any(d["warming"] for d in mine[w - 1 :])
+        assert all(d["warming"] for d in mine[: w - 1]) and not any(
+            d["warming"] for d in mine[w - 1 :]
+        )
         got = np.array([[d["forecast"], d["lower"], d["upper"]] for d in mine[w - 1 :]])
         np.testing.assert_allclose(got, ref[sym_series.symbol], rtol=1e-5)
         assert all(d["model"] == stocks.version for d in mine)
-        assert all(d["source"]["partition"] == partition_of(d["symbol"], s.partitions) for d in mine)
+        assert all(
+            d["source"]["partition"] == partition_of(d["symbol"], s.partitions) for d in mine
+        )
     assert len(seen) == len(ticks)  # the hub got each forecast once
     assert f"tickcast_ticks_consumed_total {float(len(ticks))}" in scrape
     assert f"tickcast_forecasts_published_total {float(len(ticks))}" in scrape

@@ -37,14 +37,18 @@ def offline(pred: Predictor, series: list[Series]) -> dict[str, np.ndarray]:
     price forecasts `[n - window + 1, 3]` (point, lower, upper) for rows window-1 .. n-1."""
     w = pred.config.window
     prep = prepare(series, pred.config, TrainConfig(), stats=pred.stats)
-    outs = stateful_outputs(pred.runtime(len(series)), prep, [np.arange(w - 1, len(s)) for s in series])
+    outs = stateful_outputs(
+        pred.runtime(len(series)), prep, [np.arange(w - 1, len(s)) for s in series]
+    )
     res = {}
     for s, o in zip(series, outs, strict=True):
         res[s.symbol] = np.stack(to_price(pred.stats, s.price[w - 1 :], o[:, 0], o[:, 1]), axis=1)
     return res
 
 
-def batches(ticks: list[tuple[str, int, float, float | None]], seed: int) -> Iterator[tuple[Decoded, int]]:
+def batches(
+    ticks: list[tuple[str, int, float, float | None]], seed: int
+) -> Iterator[tuple[Decoded, int]]:
     """Decoded micro-batches of random sizes, with the offset of their first tick."""
     rng = np.random.default_rng(seed)
     i = 0
@@ -57,10 +61,14 @@ def batches(ticks: list[tuple[str, int, float, float | None]], seed: int) -> Ite
         i += n
 
 
-def run(engine: Engine, ticks: list[tuple[str, int, float, float | None]], seed: int = 0) -> dict[str, list[Forecasts]]:
+def run(
+    engine: Engine, ticks: list[tuple[str, int, float, float | None]], seed: int = 0
+) -> dict[str, list[Forecasts]]:
     out: dict[str, list[Forecasts]] = {}
     for good, first in batches(ticks, seed):
-        f = engine.apply(good, np.zeros(len(good), np.int32), first + np.arange(len(good))).forecasts
+        f = engine.apply(
+            good, np.zeros(len(good), np.int32), first + np.arange(len(good))
+        ).forecasts
         out.setdefault("all", []).append(f)
     return out
 
@@ -95,7 +103,8 @@ def test_live_equals_offline_with_lags_and_calendar_features() -> None:
     series = head(data.load("taylor"), 200)
     live = per_symbol(run(Engine(pred, max_symbols=2), list(interleave(series)), seed=3)["all"])
     np.testing.assert_allclose(
-        live[series[0].symbol][pred.config.window - 1 :, :3], offline(pred, series)[series[0].symbol],
+        live[series[0].symbol][pred.config.window - 1 :, :3],
+        offline(pred, series)[series[0].symbol],
         rtol=1e-5,
     )
 
@@ -120,7 +129,7 @@ def test_stale_and_foreign_ticks_are_rejected_untouched(stocks: Predictor) -> No
             good.ts + bad_good.ts,
             good.price + bad_good.price,
             good.volume + bad_good.volume,
-            good.index + [len(good), len(good) + 1],
+            [*good.index, len(good), len(good) + 1],
         )
         part = np.zeros(len(good) + 2, np.int32)
         part[-1] = 3
@@ -149,7 +158,11 @@ def test_checkpoint_and_restore_resume_exactly(stocks: Predictor) -> None:
     assert b.restore([v for _, v in records if v is not None]) == (len(a), 0)
     rest = []
     for good, start in batches(ticks[cut:], 1):
-        rest.append(b.apply(good, np.zeros(len(good), np.int32), cut + start + np.arange(len(good))).forecasts)
+        rest.append(
+            b.apply(
+                good, np.zeros(len(good), np.int32), cut + start + np.arange(len(good))
+            ).forecasts
+        )
     second = per_symbol(rest)
     for sym, ref in whole.items():
         joined = np.concatenate([first.get(sym, np.zeros((0, 6))), second[sym]])
@@ -186,7 +199,9 @@ def test_eviction_bounded_lru_and_idle(stocks: Predictor) -> None:
     now[0] = 100.0
     assert sorted(tick("E", 4)) == ["B", "C", "D"]  # idle for 97 s > 10 s
     assert eng.symbols() == ["E"]
-    again = eng.apply(decode([encode("B", 10, 1.0)], [b"B"])[0], np.zeros(1, np.int32), np.array([9]))
+    again = eng.apply(
+        decode([encode("B", 10, 1.0)], [b"B"])[0], np.zeros(1, np.int32), np.array([9])
+    )
     assert again.forecasts.seq.tolist() == [1]  # an evicted symbol starts afresh
 
 
@@ -197,3 +212,15 @@ def test_ticks_without_volume_repeat_the_previous_volume(stocks: Predictor) -> N
     f = eng.apply(good, np.zeros(3, np.int32), np.arange(3)).forecasts
     assert np.isfinite(f.forecast).all() and (f.lower < f.forecast).all()
     assert not np.isnan(eng.volumes[eng.slot_of["A"]]).any()
+
+
+def test_a_batch_with_more_symbols_than_slots_is_split(stocks: Predictor) -> None:
+    eng = Engine(stocks, max_symbols=2)
+    syms = ["A", "B", "C", "A", "D"]
+    good, _ = decode(
+        [encode(s, i, 10.0 + i) for i, s in enumerate(syms)], [s.encode() for s in syms]
+    )
+    a = eng.apply(good, np.zeros(5, np.int32), np.arange(5))
+    assert a.forecasts.symbols == syms  # every tick answered, in order
+    assert a.forecasts.index.tolist() == [0, 1, 2, 3, 4]
+    assert len(eng) == 2 and sorted(a.evicted) == ["A", "B", "C"]

@@ -1,0 +1,169 @@
+"""Faults on a real broker: `kill -9` of the server, a broker restart, a second instance
+joining and leaving. Every tick still gets exactly one forecast (read_committed), equal to
+an uninterrupted run's."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import random
+import signal
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from model import checkpoint
+from model.checkpoint import Predictor
+from streamer import replay
+from streamer.kafka_local import LocalBroker, free_port
+from streamer.settings import Settings
+from tests.streamer.harness import (
+    check_exactly_once,
+    forecasts_of,
+    fresh_settings,
+    read_topic,
+    reference,
+    serve_process,
+)
+
+
+@pytest.fixture(scope="module")
+def stocks() -> Predictor:
+    return checkpoint.load("model/bundled/stocks")
+
+
+def stop(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    p.send_signal(signal.SIGTERM)
+    return p.wait(timeout)
+
+
+def log_tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
+
+
+async def stream(s: Settings, n_symbols: int, n_ticks: int, rate: float) -> None:
+    await replay.publish(
+        s.kafka_bootstrap,
+        s.ticks_topic,
+        replay.synthetic(n_symbols, n_ticks, seed=7),
+        rate=rate,
+        progress=False,
+    )
+
+
+def test_kill_9_at_random_points_then_restart(
+    kafka: LocalBroker, stocks: Predictor, tmp_path: Path
+) -> None:
+    s = fresh_settings(kafka.bootstrap)
+    n = 6000
+    ticks = list(replay.synthetic(6, n, seed=7))
+    log = tmp_path / "serve.log"
+    rng = random.Random(11)
+
+    async def go() -> list[dict[str, Any]]:
+        from streamer.app import ensure_topics
+
+        await ensure_topics(s)
+        feed = asyncio.create_task(stream(s, 6, n, rate=600))
+        proc = serve_process(s, log)
+        kills = 0
+        try:
+            while not feed.done() and kills < 3:
+                await asyncio.sleep(rng.uniform(2.5, 4.5))
+                proc.kill()  # SIGKILL: no cleanup at all
+                proc.wait()
+                kills += 1
+                proc = serve_process(s, log)
+            await feed
+            fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
+        finally:
+            rc = stop(proc)
+        assert rc == 0, log_tail(log)
+        assert kills == 3
+        return forecasts_of(fc)
+
+    fc = asyncio.run(go())
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+
+
+def test_broker_restart_mid_stream(stocks: Predictor, tmp_path: Path) -> None:
+    broker = LocalBroker(Path(tempfile.mkdtemp(dir=tmp_path)), port=free_port())
+    broker.start()
+    try:
+        s = fresh_settings(broker.bootstrap)
+        ticks = list(replay.synthetic(4, 3000, seed=7))
+        log = tmp_path / "serve.log"
+
+        async def go() -> list[dict[str, Any]]:
+            from streamer.app import ensure_topics
+
+            await ensure_topics(s)
+            proc = serve_process(s, log)
+            try:
+                feed = asyncio.create_task(stream_part(s, ticks, rate=600))
+                await asyncio.sleep(2.5)  # ticks are flowing and being served
+                broker.stop()
+                await asyncio.sleep(2.0)
+                broker.start()
+                await feed
+                fc = await read_topic(
+                    s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks), timeout_s=120
+                )
+            finally:
+                rc = stop(proc)
+            assert rc == 0, log_tail(log)
+            assert "Unable connect" in log.read_text()  # it did see the outage
+            return forecasts_of(fc)
+
+        fc = asyncio.run(go())
+        check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+    finally:
+        broker.stop()
+
+
+async def stream_part(s: Settings, ticks: list[replay.Tick], rate: float) -> None:
+    await replay.publish(s.kafka_bootstrap, s.ticks_topic, iter(ticks), rate=rate, progress=False)
+
+
+def test_second_instance_joins_and_leaves(
+    kafka: LocalBroker, stocks: Predictor, tmp_path: Path
+) -> None:
+    s = fresh_settings(kafka.bootstrap, partitions=4)
+    n = 12000
+    ticks = list(replay.synthetic(12, n, seed=7))
+    log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
+
+    async def go() -> list[dict[str, Any]]:
+        from streamer.app import ensure_topics
+
+        await ensure_topics(s)
+        feed = asyncio.create_task(stream(s, 12, n, rate=800))
+        a = serve_process(s, log_a, instance="serve-a")
+        try:
+            await asyncio.sleep(4.0)
+            b = serve_process(s, log_b, instance="serve-b")
+            await asyncio.sleep(7.0)
+            assert stop(b) == 0, log_tail(log_b)
+            await feed
+            fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
+        finally:
+            rc = stop(a)
+        assert rc == 0, log_tail(log_a)
+        return forecasts_of(fc)
+
+    fc = asyncio.run(go())
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+    by_instance = {d["instance"] for d in fc}
+    assert by_instance == {"serve-a", "serve-b"}, by_instance
+    # A symbol is served by one instance at a time: its forecasts, in tick order, change
+    # hands at most twice (to b when it joins, back to a when it leaves).
+    for sym in {d["symbol"] for d in fc}:
+        seq = [
+            d["instance"]
+            for d in sorted((d for d in fc if d["symbol"] == sym), key=lambda d: d["seq"])
+        ]
+        changes = sum(1 for x, y in itertools.pairwise(seq) if x != y)
+        assert changes <= 2, (sym, changes)
