@@ -32,7 +32,7 @@ import numpy as np
 from model.config import ModelConfig
 from model.lstm import LSTMState, Params, forward_fn, step_fn
 
-__all__ = ["Runtime", "bucket", "pack", "unpack"]
+__all__ = ["Runtime", "bucket", "bucket_steps", "enable_compile_cache", "pack", "unpack"]
 
 # The host blocks on every step's result; asynchronous CPU dispatch only adds latency.
 jax.config.update("jax_cpu_enable_async_dispatch", False)  # type: ignore[no-untyped-call]
@@ -42,6 +42,31 @@ def bucket(n: int, smallest: int = 1) -> int:
     """Smallest power of two >= max(n, smallest)."""
     n = max(n, smallest, 1)
     return 1 << (n - 1).bit_length()
+
+
+def enable_compile_cache(path: str | None = None) -> str:
+    """Keep compiled kernels on disk across processes (JAX's persistent compilation cache),
+    so a restarted server steps at full speed at once. Default folder:
+    `$TICKCAST_JAX_CACHE` or `~/.cache/tickcast/jax`."""
+    import os
+
+    folder = (
+        path or os.environ.get("TICKCAST_JAX_CACHE") or os.path.expanduser("~/.cache/tickcast/jax")
+    )
+    os.makedirs(folder, exist_ok=True)
+    jax.config.update("jax_compilation_cache_dir", folder)  # type: ignore[no-untyped-call]
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)  # type: ignore[no-untyped-call]
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)  # type: ignore[no-untyped-call]
+    return folder
+
+
+def bucket_steps(n: int) -> int:
+    """Padded length of a multi-tick dispatch: 4, 6, 8, 12, 16, 24, … (two per octave, so at
+    most a third of the steps are padding)."""
+    b = 4
+    while b < n:
+        b = b * 3 // 2 if b & (b - 1) == 0 else b * 4 // 3
+    return b
 
 
 Layout = tuple[tuple[int, ...], ...]  # shapes of the parameter leaves, in tree order
@@ -234,13 +259,31 @@ class Runtime:
         if t == 1:
             return self.step(slots, xs[0])[None]
         ps, _, n = self._pad(slots, np.zeros((len(slots), 1), np.float32))
-        tb = bucket(t, 4)
+        tb = bucket_steps(t)
         px = np.zeros((tb, len(ps), xs.shape[2]), np.float32)
         px[:t, :n] = xs
         pc = np.zeros(len(ps), np.int32)
         pc[:n] = counts
         self.hc, out = self._advance(self.flat, self.hc, ps, px, pc)
         return np.asarray(out)[:t, :n]
+
+    def precompile(self, batch_sizes: Iterable[int], steps: Iterable[int] = (1, 4)) -> int:
+        """Compile the step for these padded batch sizes and tick counts ahead of traffic
+        (a first compile costs ~0.1-1 s, which would otherwise land on live ticks).
+        Touches only the scratch slot. Returns how many shapes were prepared."""
+        n = 0
+        f = self.config.n_features
+        for b in sorted({bucket(x, self.min_bucket) for x in batch_sizes}):
+            slots = np.full(b, self.scratch, np.int32)
+            for t in sorted(set(steps)):
+                if t == 1:
+                    self.hc, _ = self._step(self.flat, self.hc, slots, np.zeros((b, f), np.float32))
+                else:
+                    tb = bucket_steps(t)
+                    xs = np.zeros((tb, b, f), np.float32)
+                    self.hc, _ = self._advance(self.flat, self.hc, slots, xs, np.zeros(b, np.int32))
+                n += 1
+        return n
 
     def states_of(self, slots: Iterable[int]) -> np.ndarray:
         """Copies of several slots' state `[n, 2, layers, units]` ((h, c) stacked)."""

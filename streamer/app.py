@@ -20,22 +20,22 @@ import contextlib
 import logging
 import signal
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
 from model.checkpoint import Predictor
-from streamer.engine import MARKER_KEY, Engine, Forecasts, decode_marker, encode_marker
-from streamer.hub import Hub, to_dicts
+from streamer.engine import MARKER_KEY, Engine, decode_marker, encode_marker
+from streamer.hub import Hub, payloads
 from streamer.metrics import Metrics, close_http, serve_http
 from streamer.settings import Settings
-from streamer.ticks import Rejected, decode
+from streamer.ticks import decode
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +79,22 @@ class _Partition:
 
 
 @dataclass
+class _Outgoing:
+    """What one batch sends: forecasts, dead letters, state records, offsets to commit."""
+
+    offsets: dict[int, int]  # ticks partition -> next offset
+    symbols: list[str] = field(default_factory=list)
+    values: list[bytes] = field(default_factory=list)  # forecast payloads
+    parts: list[int] = field(default_factory=list)  # their forecasts partition
+    stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    dead: list[tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]] = field(
+        default_factory=list
+    )
+    state: dict[int, list[tuple[bytes, bytes | None]]] = field(default_factory=dict)
+    compute_s: float = 0.0
+
+
+@dataclass
 class Stats:
     """Counters of this process (tests read them; Prometheus has the same)."""
 
@@ -118,6 +134,7 @@ class Server:
         self._n_forecast_parts = settings.partitions
         self._n_dlq_parts = settings.partitions
         self._stopping = False
+        self._inflight: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -185,16 +202,24 @@ class Server:
                 batch = await consumer.getmany(timeout_ms=100, max_records=s.max_batch)
                 async with self.lock:
                     if batch:
-                        await self._process(batch)
-                    elif self.parts and time.monotonic() - self._last_checkpoint > (
-                        s.checkpoint_interval_s
-                    ):
-                        await self._publish(None, [], [], {}, force_checkpoint=True)
+                        out = self._compute(batch)
+                        if out is not None:
+                            # One batch in flight: compute the next while this one commits.
+                            await self._drain()
+                            self._inflight = asyncio.create_task(self._send(out))
+                    elif self._checkpoint_due():
+                        await self._drain()
+                        await self._send(self._outgoing(force_checkpoint=True))
             async with self.lock:  # graceful stop: everything applied is checkpointed
+                await self._drain()
                 self._stopping = True
                 if self.parts:
-                    await self._publish(None, [], [], {}, force_checkpoint=True)
+                    await self._send(self._outgoing(force_checkpoint=True))
         finally:
+            if self._inflight is not None and not self._inflight.done():
+                self._inflight.cancel()
+            with contextlib.suppress(BaseException):
+                await self._drain()
             for client in reversed(started):
                 with contextlib.suppress(Exception):
                     await client.stop()
@@ -219,7 +244,8 @@ class Server:
                 return
             if not self._stopping and self._producer is not None:
                 with contextlib.suppress(KafkaError):  # a failure restores from Kafka anyway
-                    await self._publish(None, [], [], {}, force_checkpoint=True, only=mine)
+                    await self._drain()
+                    await self._send(self._outgoing(force_checkpoint=True, only=mine))
             self.engine.drop_partitions(mine)
             for p in mine:
                 self.parts.pop(p, None)
@@ -273,8 +299,24 @@ class Server:
         )
 
     # ------------------------------------------------------------------ the batch
-    async def _process(self, batch: dict[TopicPartition, list[Any]]) -> None:
+    async def _drain(self) -> None:
+        """Wait for the batch in flight (its failure fails the session)."""
+        task, self._inflight = self._inflight, None
+        if task is not None:
+            await task
+
+    def _checkpoint_due(self) -> bool:
+        if not self.parts or self.settings.checkpoint_interval_s <= 0:
+            return False
+        late = time.monotonic() - self._last_checkpoint >= self.settings.checkpoint_interval_s
+        behind = any(st.checkpointed != st.next_offset for st in self.parts.values())
+        return late and (behind or bool(self.engine.dirty.any()))
+
+    def _compute(self, batch: dict[TopicPartition, list[Any]]) -> _Outgoing | None:
+        """Everything synchronous about a batch: decode, step, encode, checkpoint records.
+        Advances the engine and the partitions' positions."""
         t0 = time.perf_counter()
+        s = self.settings
         values: list[bytes | None] = []
         keys: list[bytes | None] = []
         part: list[int] = []
@@ -296,7 +338,7 @@ class Server:
             if recs:
                 advanced[tp.partition] = max(st.next_offset, recs[-1].offset + 1)
         if not values:
-            return
+            return None
         decoded, bad = decode(values, keys)
         partition = np.asarray(part, np.int32)
         offset = np.asarray(offs, np.int64)
@@ -309,133 +351,121 @@ class Server:
         # Re-applied ticks (after a restore) rebuild state only: their forecasts are out.
         limit = np.asarray([self.parts[p].publish_from for p in part], np.int64)
         fresh = offset >= limit
-        publish = fresh[f.index] if len(f) else np.zeros(0, bool)
-        dead = [r for r in rejected if fresh[r.index]]
-        await self._publish(
-            f, publish, dead, advanced, values=values, keys=keys, part=part, offs=offs
-        )
+        rows = np.flatnonzero(fresh[f.index]) if len(f) else np.zeros(0, np.int64)
+        stamp = np.asarray(stamps, np.int64)
+        out = self._outgoing(advanced=advanced)
+        out.symbols = [f.symbols[i] for i in rows.tolist()]
+        out.values = payloads(f, rows, stamp, {"instance": s.instance})
+        out.parts = (f.partition[rows] % self._n_forecast_parts).tolist()
+        out.stamps = stamp[f.index[rows]] if len(rows) else stamp[:0]
+        for r in rejected:
+            if fresh[r.index]:
+                source = f"{s.ticks_topic}/{part[r.index]}/{offs[r.index]}"
+                headers = [
+                    ("reason", r.reason.encode()),
+                    ("detail", r.detail.encode()),
+                    ("source", source.encode()),
+                ]
+                value = values[r.index]
+                out.dead.append(
+                    (keys[r.index], value if value is not None else b"", part[r.index], headers)
+                )
         for p, nxt in advanced.items():
             self.parts[p].next_offset = nxt
         # Metrics, once per batch.
-        n_pub = int(publish.sum())
         m = self.metrics
         m.ticks.inc(len(values))
-        m.forecasts.inc(n_pub)
         m.replayed.inc(int((~fresh).sum()))
-        for r in rejected:
-            m.rejected.labels(r.reason).inc()
+        for reason, n in Counter(r.reason for r in rejected).items():
+            m.rejected.labels(reason).inc(n)
         m.batch.observe(len(values))
         m.step.observe(applied.step_s)
-        m.batch_seconds.observe(time.perf_counter() - t0)
-        if n_pub:
-            now_ms = time.time() * 1000
-            pub_stamps = np.asarray(stamps, np.int64)[f.index[publish]]
-            for q in (pub_stamps.min(), np.median(pub_stamps), pub_stamps.max()):
-                m.latency.observe(max(0.0, (now_ms - float(q)) / 1000))
         m.record_errors(f.sq_err_model, f.sq_err_persistence, f.n_err)
         m.symbols.set(len(self.engine))
         assert self._consumer is not None
         for p, nxt in advanced.items():
-            hw = self._consumer.highwater(TopicPartition(self.settings.ticks_topic, p))
+            hw = self._consumer.highwater(TopicPartition(s.ticks_topic, p))
             if hw is not None:
                 m.lag.labels(str(p)).set(max(0, hw - nxt))
         self.stats.batches += 1
         self.stats.ticks += len(values)
-        self.stats.forecasts += n_pub
-        self.stats.rejected += len(dead)
+        self.stats.rejected += len(out.dead)
         self.stats.replayed += int((~fresh).sum())
+        out.compute_s = time.perf_counter() - t0
+        return out
 
-    async def _publish(
+    def _outgoing(
         self,
-        f: Forecasts | None,
-        publish: np.ndarray | list[bool],
-        dead: list[Rejected],
-        advanced: dict[int, int],
         *,
+        advanced: dict[int, int] | None = None,
         force_checkpoint: bool = False,
         only: list[int] | None = None,
-        values: list[bytes | None] | None = None,
-        keys: list[bytes | None] | None = None,
-        part: list[int] | None = None,
-        offs: list[int] | None = None,
-    ) -> None:
-        """Send forecasts, dead letters, due checkpoints and offsets; atomically when
-        exactly-once. Raises KafkaError on failure (the session restarts and restores)."""
+    ) -> _Outgoing:
+        """The commit of a batch: offsets to commit and, when due, state checkpoints
+        (taken now, so they match exactly the ticks applied so far)."""
+        advanced = advanced or {}
+        scope = only if only is not None else list(self.parts)
+        now = time.monotonic()
+        due = force_checkpoint or now - self._last_checkpoint >= self.settings.checkpoint_interval_s
+        cp = [p for p in scope if due or self.parts[p].checkpointed < 0]
+        out = _Outgoing(offsets=dict(advanced))
+        if cp:
+            records = self.engine.checkpoint(cp)
+            for p in cp:
+                nxt = advanced.get(p, self.parts[p].next_offset)
+                records[p].append((MARKER_KEY, encode_marker(nxt, self.engine.version)))
+                self.parts[p].checkpointed = nxt
+            out.state = records
+            if due:
+                self._last_checkpoint = now
+        return out
+
+    async def _send(self, out: _Outgoing) -> None:
+        """Publish forecasts, dead letters, checkpoints and offsets: atomically in one Kafka
+        transaction (exactly-once), or send, wait, then commit (at-least-once)."""
         s = self.settings
         producer, consumer = self._producer, self._consumer
         assert producer is not None and consumer is not None
-        dicts: list[dict[str, Any]] = []
-        if f is not None and len(f):
-            idx = np.flatnonzero(np.asarray(publish))
-            dicts = to_dicts(f)
-            dicts = [dicts[i] for i in idx]
-            for d in dicts:
-                d["instance"] = s.instance
-        # Which partitions checkpoint now: due by time, or never checkpointed yet.
-        scope = only if only is not None else list(self.parts)
-        now = time.monotonic()
-        due = force_checkpoint or now - self._last_checkpoint >= s.checkpoint_interval_s
-        cp_parts = [p for p in scope if due or self.parts[p].checkpointed < 0]
-        nxt = {p: advanced.get(p, self.parts[p].next_offset) for p in scope}
-        offsets = {TopicPartition(s.ticks_topic, p): o for p, o in nxt.items() if p in advanced}
+        offsets = {TopicPartition(s.ticks_topic, p): o for p, o in out.offsets.items()}
 
-        async def send_all() -> list[asyncio.Future[Any]]:
+        async def send() -> list[asyncio.Future[Any]]:
             futs: list[asyncio.Future[Any]] = []
             by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
-            for d in dicts:
-                p = d["source"]["partition"] % self._n_forecast_parts
-                by_part.setdefault(p, []).append((d["symbol"].encode(), orjson.dumps(d)))
+            for sym, value, p in zip(out.symbols, out.values, out.parts, strict=True):
+                by_part.setdefault(p, []).append((sym.encode(), value))
             for p, recs in by_part.items():
                 futs += await self._send_records(s.forecasts_topic, p, recs)
-            if dead:
-                assert values is not None and keys is not None
-                assert part is not None and offs is not None
-                for r in dead:
-                    headers = [
-                        ("reason", r.reason.encode()),
-                        ("detail", r.detail.encode()),
-                        ("source", f"{s.ticks_topic}/{part[r.index]}/{offs[r.index]}".encode()),
-                    ]
-                    fut = await producer.send(
-                        s.dlq_topic,
-                        value=values[r.index] if values[r.index] is not None else b"",
-                        key=keys[r.index],
-                        partition=part[r.index] % self._n_dlq_parts,
+            for key, value, p, headers in out.dead:
+                futs.append(
+                    await producer.send(
+                        s.dlq_topic, value=value, key=key, partition=p % self._n_dlq_parts,
                         headers=headers,
                     )
-                    futs.append(fut)
-            return futs
-
-        async def send_state() -> list[asyncio.Future[Any]]:
-            futs: list[asyncio.Future[Any]] = []
-            if not cp_parts:
-                return futs
-            records = self.engine.checkpoint(cp_parts)
-            n = 0
-            for p, recs in records.items():
-                recs.append((MARKER_KEY, encode_marker(nxt[p], self.engine.version)))
+                )  # fmt: skip
+            n_state = 0
+            for p, recs in out.state.items():
                 futs += await self._send_records(s.state_topic, p, recs)
-                n += len(recs) - 1
-            self.metrics.checkpoints.inc(n)
+                n_state += len(recs) - 1
+            self.metrics.checkpoints.inc(n_state)
             return futs
 
         if s.exactly_once:
             async with producer.transaction():
-                await send_all()
-                await send_state()
+                await send()
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, s.group)
         else:
-            await asyncio.gather(*(await send_all()))
-            await asyncio.gather(*(await send_state()))
+            await asyncio.gather(*(await send()))
             if offsets:
                 await consumer.commit(offsets)
-        for p in cp_parts:
-            self.parts[p].checkpointed = nxt[p]
-        if cp_parts and due:
-            self._last_checkpoint = now
-        if dicts:
-            self.hub.publish(dicts)
+        if out.values:
+            self.hub.publish(out.symbols, out.values)
+            self.metrics.forecasts.inc(len(out.values))
+            self.stats.forecasts += len(out.values)
+            now_ms = time.time() * 1000
+            for q in (out.stamps.min(), np.median(out.stamps), out.stamps.max()):
+                self.metrics.latency.observe(max(0.0, (now_ms - float(q)) / 1000))
+            self.metrics.batch_seconds.observe(out.compute_s)
 
     async def _send_records(
         self, topic: str, partition: int, recs: list[tuple[bytes, bytes | None]]
@@ -481,6 +511,10 @@ def serve(settings: Settings, predictor: Predictor, replication: int = 1) -> int
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         server = Server(settings, predictor, metrics=metrics, replication=replication)
+        if settings.precompile:
+            t0 = time.perf_counter()
+            n = server.engine.precompile()
+            log.info("precompiled %d batch shapes in %.1f s", n, time.perf_counter() - t0)
         await server.run(stop)
         log.info(
             "stopped: %d ticks, %d forecasts, %d rejected",
@@ -489,6 +523,9 @@ def serve(settings: Settings, predictor: Predictor, replication: int = 1) -> int
             server.stats.rejected,
         )
 
+    from model.runtime import enable_compile_cache
+
+    enable_compile_cache()
     try:
         asyncio.run(main())
     finally:

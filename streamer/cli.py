@@ -246,7 +246,8 @@ def _replay(args: argparse.Namespace) -> int:
     settings = from_args(args)
     if args.synthetic:
         total = args.synthetic * args.ticks_per_symbol
-        ticks = replay.synthetic(args.synthetic, total, seed=args.seed)
+        start = args.start_ms if args.start_ms is not None else int(time.time() * 1000)
+        ticks = replay.synthetic(args.synthetic, total, seed=args.seed, start_ms=start)
         label = f"{args.synthetic} synthetic symbols"
     else:
         series = data.load(args.data)
@@ -331,7 +332,7 @@ def build_parser() -> argparse.ArgumentParser:
         [
             "kafka_bootstrap", "ticks_topic", "forecasts_topic", "dlq_topic", "state_topic",
             "partitions", "group", "instance", "model", "max_symbols", "idle_evict_s",
-            "exactly_once", "checkpoint_interval_s", "max_batch", "fetch_wait_ms",
+            "exactly_once", "checkpoint_interval_s", "max_batch", "precompile", "fetch_wait_ms",
             "metrics_host", "metrics_port", "log_level",
         ],
     )  # fmt: skip
@@ -345,6 +346,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--ticks-per-symbol", type=int, default=1000, help="with --synthetic (default 1000)"
     )
     p.add_argument("--seed", type=int, default=0, help="with --synthetic (default 0)")
+    p.add_argument("--start-ms", type=int, help="with --synthetic: first tick time (default: now)")
     p.add_argument("--rate", default="max", help="ticks per second, or 'max' (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "partitions"])

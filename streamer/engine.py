@@ -123,6 +123,12 @@ class Engine:
         self.tombstones: dict[int, set[str]] = {}
         self._last_sweep = clock()
 
+    def precompile(self) -> int:
+        """Compile the shapes steady traffic uses (1 and a few ticks per symbol, every
+        batch size up to `max_symbols` but at most 1,024) before the first tick."""
+        sizes = [1 << k for k in range(3, 11) if 1 << k <= max(8, self.max_symbols)]
+        return self.runtime.precompile(sizes, steps=(1, 4))
+
     # ----------------------------------------------------------------- symbol table
     def __len__(self) -> int:
         return len(self.slot_of)

@@ -36,6 +36,7 @@ class Settings:
     exactly_once: bool = True
     checkpoint_interval_s: float = 2.0
     max_batch: int = 20000
+    precompile: bool = True
     fetch_wait_ms: int = 5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9300
@@ -59,6 +60,8 @@ HELP: dict[str, str] = {
     "(--no-exactly-once: at-least-once, forecasts carry (partition, offset) to dedupe)",
     "checkpoint_interval_s": "seconds between per-symbol state checkpoints",
     "max_batch": "most ticks taken from Kafka per micro-batch",
+    "precompile": "compile the common batch shapes before consuming (no compile stalls on "
+    "live ticks; compiled code is cached on disk across restarts)",
     "fetch_wait_ms": "longest wait for more ticks before a micro-batch runs",
     "metrics_host": "address of the Prometheus metrics endpoint",
     "metrics_port": "port of the Prometheus metrics endpoint (0: none)",

@@ -115,7 +115,42 @@ def decode(values: list[bytes | None], keys: list[bytes | None]) -> tuple[Decode
     """Decode and validate a batch of record values (and keys) in order."""
     good = Decoded()
     bad: list[Rejected] = []
+    symbols, tss, prices, volumes, index = (
+        good.symbols, good.ts, good.price, good.volume, good.index
+    )  # fmt: skip
+    loads = orjson.loads
+    nan, inf = math.nan, math.inf
     for i, (raw, key) in enumerate(zip(values, keys, strict=True)):
+        # Fast path for the common, valid tick: exact types, plain comparisons (NaN fails
+        # every comparison, so it falls through to the full check below).
+        try:
+            obj = loads(raw)  # type: ignore[arg-type]
+            symbol, ts, price = obj["symbol"], obj["ts"], obj["price"]
+            volume = obj.get("volume")
+            if (
+                type(symbol) is str
+                and type(ts) is int
+                and (type(price) is float or type(price) is int)
+                and 0 < price < inf
+                and 0 <= ts <= MAX_TS_MS
+                and 0 < len(symbol) <= MAX_SYMBOL
+                and (key is None or key == symbol.encode())
+            ):
+                if volume is None:
+                    v = nan
+                elif (type(volume) is float or type(volume) is int) and 0 <= volume < inf:
+                    v = float(volume)
+                else:
+                    v = -1.0
+                if v != -1.0:
+                    symbols.append(symbol)
+                    tss.append(ts)
+                    prices.append(float(price))
+                    volumes.append(v)
+                    index.append(i)
+                    continue
+        except Exception:  # anything odd: the full check names the reason
+            pass
         try:
             obj = _parse(raw) if raw is not None else None
         except (ValueError, UnicodeDecodeError) as e:
@@ -126,11 +161,11 @@ def decode(values: list[bytes | None], keys: list[bytes | None]) -> tuple[Decode
             bad.append(Rejected(i, r[0], r[1]))
             continue
         symbol, p, v, ts = r
-        good.symbols.append(symbol)
-        good.ts.append(ts)
-        good.price.append(p)
-        good.volume.append(v)
-        good.index.append(i)
+        symbols.append(symbol)
+        tss.append(ts)
+        prices.append(p)
+        volumes.append(v)
+        index.append(i)
     return good, bad
 
 

@@ -61,8 +61,8 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
     ticks: list[Tick] = list(replay.interleave(series))
     s = fresh_settings(kafka.bootstrap, exactly_once=exactly_once)
     hub = Hub()
-    seen: list[dict[str, Any]] = []
-    hub.subscribe(seen.extend)
+    seen: list[bytes] = []
+    hub.subscribe(lambda symbols, values: seen.extend(values))
     metrics = Metrics()
     port = free_port()
     http = serve_http(metrics, "127.0.0.1", port)
