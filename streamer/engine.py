@@ -126,8 +126,15 @@ class Engine:
     def precompile(self) -> int:
         """Compile the shapes steady traffic uses (1 and a few ticks per symbol, every
         batch size up to `max_symbols` but at most 1,024) before the first tick."""
-        sizes = [1 << k for k in range(3, 11) if 1 << k <= max(8, self.max_symbols)]
-        return self.runtime.precompile(sizes, steps=(1, 4))
+        sizes = [1 << k for k in range(3, 12) if 1 << (k - 1) < max(8, self.max_symbols)]
+        n = self.runtime.precompile(sizes, steps=(1, 4, 6, 8))
+        hc = np.zeros((1, 2, self.config.layers, self.config.units), np.float32)
+        for b in sizes:  # state gathers and scatters: checkpoints, restores, new symbols
+            slots = np.zeros(b // 2 + 1, np.int64)  # slot 0, unused yet: pads to size b
+            self.runtime.set_states(slots, np.repeat(hc, len(slots), axis=0))
+            self.runtime.states_of(slots)
+            self.runtime.reset(slots)
+        return n
 
     # ----------------------------------------------------------------- symbol table
     def __len__(self) -> int:

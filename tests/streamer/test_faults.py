@@ -132,7 +132,7 @@ def test_second_instance_joins_and_leaves(
     kafka: LocalBroker, stocks: Predictor, tmp_path: Path
 ) -> None:
     s = fresh_settings(kafka.bootstrap, partitions=4)
-    n = 12000
+    n = 20000
     ticks = list(replay.synthetic(12, n, seed=7))
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
 
@@ -140,12 +140,16 @@ def test_second_instance_joins_and_leaves(
         from streamer.app import ensure_topics
 
         await ensure_topics(s)
-        feed = asyncio.create_task(stream(s, 12, n, rate=800))
+        feed = asyncio.create_task(stream(s, 12, n, rate=1000))
         a = serve_process(s, log_a, instance="serve-a")
         try:
             await asyncio.sleep(4.0)
             b = serve_process(s, log_b, instance="serve-b")
-            await asyncio.sleep(7.0)
+            for _ in range(600):  # until b owns partitions (restored from a's checkpoints)
+                if "symbols restored" in (log_b.read_text() if log_b.exists() else ""):
+                    break
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(4.0)
             assert stop(b) == 0, log_tail(log_b)
             await feed
             fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
