@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: help setup run test test-fast lint typecheck bench bundle-models bundle-data clean kafka-jars
+.PHONY: help setup run test test-fast lint typecheck bench bench-stream kafka-up kafka-down bundle-models bundle-data clean kafka-jars
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -42,6 +42,15 @@ typecheck: $(STAMP)  ## mypy (strict) on model/ and streamer/
 bench: $(STAMP)  ## per-tick cost table (installs the bench extra: keras, torch)
 	$(BIN)/pip install -q -e '.[bench]'
 	$(BIN)/python bench/step_bench.py
+
+bench-stream: $(STAMP) kafka-jars  ## the stream through a real Kafka broker: ticks/s and latency
+	$(BIN)/python bench/stream_bench.py
+
+kafka-up: $(STAMP) kafka-jars  ## a local Kafka broker on 127.0.0.1:9092 (detached)
+	$(BIN)/tickcast kafka up
+
+kafka-down: $(STAMP)  ## stop the broker kafka-up started
+	$(BIN)/tickcast kafka down
 
 bundle-models: $(STAMP)  ## retrain the bundled models (minutes each)
 	$(BIN)/tickcast bundle

@@ -76,11 +76,18 @@ def env_for(bootstrap: str, tag: str, partitions: int, extra: dict[str, str]) ->
     return env
 
 
+_next_ts: dict[int, int] = {}
+
+
 def replay(env: dict[str, str], symbols: int, ticks: int, rate: str) -> subprocess.Popen[bytes]:
+    """The feed. Synthetic ticks of a symbol are 1 ms apart in `ts`, so a backlog can run
+    ahead of the clock: each feed starts after the previous one's last tick."""
     per = max(1, ticks // symbols)
+    start = max(int(time.time() * 1000), _next_ts.get(symbols, 0))
+    _next_ts[symbols] = start + per + 1
     return subprocess.Popen(
         [sys.executable, "-m", "streamer.cli", "replay", "--synthetic", str(symbols),
-         "--ticks-per-symbol", str(per), "--rate", rate, "--quiet"],
+         "--ticks-per-symbol", str(per), "--rate", rate, "--quiet", "--start-ms", str(start)],
         cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
 

@@ -50,9 +50,10 @@ aiokafka_sender.BACKOFF_OVERRIDE = 0.002
 MAX_RECORD_BYTES = 1 << 20
 
 
-async def ensure_topics(settings: Settings, replication: int = 1) -> None:
+async def ensure_topics(settings: Settings) -> None:
     """Create the four topics if absent (state: compacted, same partitions as ticks)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
+    replication = settings.replication
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -125,14 +126,12 @@ class Server:
         predictor: Predictor,
         hub: Hub | None = None,
         metrics: Metrics | None = None,
-        replication: int = 1,
     ) -> None:
         self.settings = settings
         self.engine = Engine(predictor, settings.max_symbols, settings.idle_evict_s)
         self.hub = hub or Hub()
         self.metrics = metrics or Metrics()
         self.metrics.set_model({"version": predictor.version, **predictor.config.to_dict()})
-        self.replication = replication
         self.stats = Stats()
         self.lock = asyncio.Lock()
         self.parts: dict[int, _Partition] = {}
@@ -152,7 +151,7 @@ class Server:
         backoff = 0.5
         while not stop.is_set():
             try:
-                await ensure_topics(self.settings, self.replication)
+                await ensure_topics(self.settings)
                 await self._session(stop)
                 backoff = 0.5
             except (KafkaError, OSError) as e:
@@ -521,7 +520,7 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
         await self.server.assigned(assigned)
 
 
-def serve(settings: Settings, predictor: Predictor, replication: int = 1) -> int:
+def serve(settings: Settings, predictor: Predictor) -> int:
     """Run the server until SIGTERM/SIGINT; returns the exit code."""
     metrics = Metrics()
     http = (
@@ -535,7 +534,7 @@ def serve(settings: Settings, predictor: Predictor, replication: int = 1) -> int
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
-        server = Server(settings, predictor, metrics=metrics, replication=replication)
+        server = Server(settings, predictor, metrics=metrics)
         if settings.precompile:
             t0 = time.perf_counter()
             n = server.engine.precompile()

@@ -231,7 +231,7 @@ def _serve(args: argparse.Namespace) -> int:
     settings = from_args(args)
     _logging(settings.log_level)
     predictor = _load_model(settings.model)
-    return serve(settings, predictor, replication=args.replication)
+    return serve(settings, predictor)
 
 
 def _replay(args: argparse.Namespace) -> int:
@@ -324,18 +324,7 @@ def build_parser() -> argparse.ArgumentParser:
     kafka_local.add_cli(sub)
 
     p = sub.add_parser("serve", help="run the stream engine", description=_serve.__doc__)
-    p.add_argument(
-        "--replication", type=int, default=1, help="replication factor of topics it creates"
-    )
-    settings.add_arguments(
-        p,
-        [
-            "kafka_bootstrap", "ticks_topic", "forecasts_topic", "dlq_topic", "state_topic",
-            "partitions", "group", "instance", "model", "max_symbols", "idle_evict_s",
-            "exactly_once", "checkpoint_interval_s", "max_batch", "precompile", "fetch_wait_ms",
-            "metrics_host", "metrics_port", "log_level",
-        ],
-    )  # fmt: skip
+    settings.add_arguments(p, settings.NAMES)  # serve takes every setting
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("replay", help="publish a series as ticks", description=_replay.__doc__)
@@ -349,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-ms", type=int, help="with --synthetic: first tick time (default: now)")
     p.add_argument("--rate", default="max", help="ticks per second, or 'max' (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "partitions"])
+    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "partitions", "replication"])
     p.set_defaults(func=_replay)
     return parser
 

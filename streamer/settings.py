@@ -28,13 +28,14 @@ class Settings:
     dlq_topic: str = "ticks.dlq"
     state_topic: str = "tickcast.state"
     partitions: int = 4
+    replication: int = 1
     group: str = "tickcast"
     instance: str = "serve-1"
     model: str = "stocks"
     max_symbols: int = 16384
     idle_evict_s: float = 3600.0
     exactly_once: bool = True
-    checkpoint_interval_s: float = 2.0
+    checkpoint_interval_s: float = 5.0
     max_batch: int = 20000
     precompile: bool = True
     fetch_wait_ms: int = 5
@@ -43,6 +44,8 @@ class Settings:
     log_level: str = "INFO"
 
 
+NAMES: list[str] = [f.name for f in fields(Settings)]
+
 HELP: dict[str, str] = {
     "kafka_bootstrap": "Kafka bootstrap servers, host:port[,host:port]",
     "ticks_topic": "topic the ticks arrive on (key = symbol, JSON value)",
@@ -50,6 +53,7 @@ HELP: dict[str, str] = {
     "dlq_topic": "dead-letter topic for rejected ticks (original bytes, reason in headers)",
     "state_topic": "compacted topic of per-symbol state checkpoints",
     "partitions": "partitions for topics this tool creates (ticks, forecasts, dlq, state)",
+    "replication": "replication factor of topics this tool creates",
     "group": "Kafka consumer group of the serving instances",
     "instance": "this instance's name, unique in the group and stable across restarts "
     "(it names the transactional producer, so a restart fences its predecessor)",

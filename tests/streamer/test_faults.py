@@ -18,7 +18,7 @@ import pytest
 from model import checkpoint
 from model.checkpoint import Predictor
 from streamer import replay
-from streamer.kafka_local import LocalBroker, free_port
+from streamer.kafka_local import LocalBroker, LocalCluster, free_port
 from streamer.settings import Settings
 from tests.streamer.harness import (
     check_exactly_once,
@@ -171,3 +171,36 @@ def test_second_instance_joins_and_leaves(
         ]
         changes = sum(1 for x, y in itertools.pairwise(seq) if x != y)
         assert changes <= 2, (sym, changes)
+
+
+def test_a_cluster_node_killed_mid_stream(
+    kafka_cluster: LocalCluster, stocks: Predictor, tmp_path: Path
+) -> None:
+    """Three brokers, topics replicated 3× (min.insync 2): kill -9 of one node, which may
+    lead partitions or the transaction coordinator, then restart it; nothing is lost."""
+    s = fresh_settings(kafka_cluster.bootstrap, replication=3)
+    ticks = list(replay.synthetic(6, 4000, seed=7))
+    log = tmp_path / "serve.log"
+
+    async def go() -> list[dict[str, Any]]:
+        from streamer.app import ensure_topics
+
+        await ensure_topics(s)
+        proc = serve_process(s, log)
+        try:
+            feed = asyncio.create_task(stream_part(s, ticks, rate=500))
+            await asyncio.sleep(3.0)
+            kafka_cluster.kill_node(0)
+            await asyncio.sleep(2.0)
+            kafka_cluster.start_node(0)
+            await feed
+            fc = await read_topic(
+                s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks), timeout_s=120
+            )
+        finally:
+            rc = stop(proc)
+        assert rc == 0, log_tail(log)
+        return forecasts_of(fc)
+
+    fc = asyncio.run(go())
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
