@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import cProfile
 import logging
+import os
 import signal
 import time
 from collections import Counter
@@ -539,7 +541,16 @@ def serve(settings: Settings, predictor: Predictor) -> int:
             t0 = time.perf_counter()
             n = server.engine.precompile()
             log.info("precompiled %d batch shapes in %.1f s", n, time.perf_counter() - t0)
-        await server.run(stop)
+        profile = os.environ.get("TICKCAST_PROFILE")  # cProfile the serving, not the start
+        profiler = cProfile.Profile() if profile else None
+        if profiler is not None:
+            profiler.enable()
+        try:
+            await server.run(stop)
+        finally:
+            if profiler is not None and profile:
+                profiler.disable()
+                profiler.dump_stats(profile)
         log.info(
             "stopped: %d ticks, %d forecasts, %d rejected",
             server.stats.ticks,
