@@ -128,6 +128,8 @@ class Engine:
         batch size up to `max_symbols` but at most 1,024) before the first tick."""
         sizes = [1 << k for k in range(3, 12) if 1 << (k - 1) < max(8, self.max_symbols)]
         n = self.runtime.precompile(sizes, steps=(1, 4, 6, 8))
+        # A few busy symbols tick many times per batch: longer scans for small batches.
+        n += self.runtime.precompile(sizes[:2], steps=(12, 16, 24, 32))
         hc = np.zeros((1, 2, self.config.layers, self.config.units), np.float32)
         for b in sizes:  # state gathers and scatters: checkpoints, restores, new symbols
             slots = np.zeros(b // 2 + 1, np.int64)  # slot 0, unused yet: pads to size b
