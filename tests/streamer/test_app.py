@@ -10,6 +10,7 @@ from dataclasses import replace
 from typing import Any
 
 import numpy as np
+import orjson
 import pytest
 
 from model import checkpoint, data
@@ -186,3 +187,25 @@ def test_settings_reach_the_server(kafka: LocalBroker, stocks: Predictor) -> Non
     assert len(server.engine) == 3  # the bound holds; the others were evicted
     assert server.metrics.evictions._value.get() > 0
     assert any(e["type"] == "evicted" for e in server.hub.events)
+
+
+def test_replay_cli_publishes_a_bundled_series_in_time_order(kafka: LocalBroker) -> None:
+    from model.data import load
+    from streamer.cli import main
+
+    s = fresh_settings(kafka.bootstrap)
+    series = load("stocks")
+    total = sum(len(x) for x in series)
+    rc = main(["replay", "--data", "stocks", "--quiet", "--kafka-bootstrap", s.kafka_bootstrap,
+               "--ticks-topic", s.ticks_topic, "--partitions", str(s.partitions)])  # fmt: skip
+    assert rc == 0
+    recs = asyncio.run(read_topic(s.kafka_bootstrap, s.ticks_topic, expect=total))
+    assert len(recs) == total
+    by_symbol: dict[str, list[int]] = {}
+    for r in recs:
+        d = orjson.loads(r.value)
+        assert r.key == d["symbol"].encode()
+        assert r.partition == partition_of(d["symbol"], s.partitions)
+        by_symbol.setdefault(d["symbol"], []).append(d["ts"])
+    assert {k: len(v) for k, v in by_symbol.items()} == {x.symbol: len(x) for x in series}
+    assert all(v == sorted(v) for v in by_symbol.values())
