@@ -88,6 +88,7 @@ class _Partition:
     publish_from: int  # ticks before this already have their forecasts published
     checkpointed: int = -1  # next_offset at the last marker written
     checkpoint_time: float = 0.0  # time.monotonic() of that marker
+    reseeked: bool = False  # a seek back to next_offset is pending
 
 
 @dataclass
@@ -145,6 +146,7 @@ class Server:
         self._n_dlq_parts = settings.partitions
         self._stopping = False
         self._inflight: asyncio.Task[None] | None = None
+        self._failure: BaseException | None = None  # raised in a rebalance callback
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -156,8 +158,11 @@ class Server:
                 await ensure_topics(self.settings)
                 await self._session(stop)
                 backoff = 0.5
-            except (KafkaError, OSError) as e:
-                log.warning("Kafka session failed (%s: %s); reconnecting", type(e).__name__, e)
+            except Exception as e:  # the next session restores from Kafka
+                log.warning(
+                    "session failed (%s: %s); reconnecting", type(e).__name__, e,
+                    exc_info=not isinstance(e, (KafkaError, OSError)),
+                )  # fmt: skip
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(stop.wait(), backoff)
                 backoff = min(backoff * 2, 5.0)
@@ -165,6 +170,7 @@ class Server:
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
         self.stats.sessions += 1
+        self._failure = None
         self.engine.drop_partitions(range(1 << 16))
         self.parts.clear()
         producer = AIOKafkaProducer(
@@ -195,6 +201,7 @@ class Server:
             bootstrap_servers=s.kafka_bootstrap,
             enable_auto_commit=False,
             isolation_level="read_committed",
+            fetch_max_wait_ms=5,  # the 500 ms default made each partition's restore ~1 s
             max_partition_fetch_bytes=8 * MAX_RECORD_BYTES,
             fetch_max_bytes=32 * MAX_RECORD_BYTES,
         )
@@ -214,6 +221,8 @@ class Server:
             while not stop.is_set():
                 batch = await consumer.getmany(timeout_ms=100, max_records=s.max_batch)
                 async with self.lock:
+                    if self._failure is not None:
+                        raise self._failure
                     if batch:
                         out = self._compute(batch)
                         if out is not None:
@@ -233,36 +242,48 @@ class Server:
                 self._inflight.cancel()
             with contextlib.suppress(BaseException):
                 await self._drain()
+            # Bounded: a client cut off mid-call can hang; and aiokafka's fetcher can re-raise
+            # the CancelledError of its own internal task here (nothing cancels this task:
+            # serve stops through the `stop` event).
             for client in reversed(started):
-                with contextlib.suppress(Exception):
-                    await client.stop()
+                with contextlib.suppress(Exception, asyncio.CancelledError):
+                    await asyncio.wait_for(client.stop(), 5.0)
             self._producer = self._consumer = self._restorer = None
             self._stopping = False
 
     # ------------------------------------------------------------------ rebalance
+    # aiokafka calls these from its coordinator task and only logs what they raise, so a
+    # failure is kept and re-raised by the batch loop, which ends the session: the next
+    # session restores every partition from Kafka.
     async def assigned(self, partitions: set[TopicPartition]) -> None:
         async with self.lock:
-            mine = sorted(
-                tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic
-            )
-            self.stats.assigned.append(mine)
-            for p in mine:
-                await self._restore(p)
-            self.metrics.symbols.set(len(self.engine))
+            try:
+                mine = sorted(
+                    tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic
+                )
+                self.stats.assigned.append(mine)
+                for p in mine:
+                    await self._restore(p)
+                self.metrics.symbols.set(len(self.engine))
+            except Exception as e:
+                self._failure = self._failure or e
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         async with self.lock:
             mine = [tp.partition for tp in partitions if tp.partition in self.parts]
             if not mine:
                 return
-            if not self._stopping and self._producer is not None:
-                with contextlib.suppress(KafkaError):  # a failure restores from Kafka anyway
+            try:
+                if not self._stopping and self._producer is not None and self._failure is None:
                     await self._drain()
                     await self._send(self._outgoing(force_checkpoint=True, only=mine))
-            self.engine.drop_partitions(mine)
-            for p in mine:
-                self.parts.pop(p, None)
-            self.metrics.symbols.set(len(self.engine))
+            except Exception as e:
+                self._failure = self._failure or e
+            finally:
+                self.engine.drop_partitions(mine)
+                for p in mine:
+                    self.parts.pop(p, None)
+                self.metrics.symbols.set(len(self.engine))
 
     async def _restore(self, p: int) -> None:
         """Load partition p's symbols from the state topic and seek to its marker."""
@@ -279,9 +300,8 @@ class Server:
             for rec in got.get(stp, []):
                 latest[rec.key] = rec.value
                 idle_since = time.monotonic()
-            if not got and time.monotonic() - idle_since > 5.0:
-                log.warning("state partition %d: stopped short of offset %d", p, end)
-                break
+            if not got and time.monotonic() - idle_since > 10.0:
+                raise KafkaError(f"state partition {p}: no progress towards offset {end}")
         marker = latest.pop(MARKER_KEY, None)
         committed = await self._consumer.committed(ttp)
         values = [v for v in latest.values() if v is not None]
@@ -342,6 +362,16 @@ class Server:
             st = self.parts.get(tp.partition)
             if st is None:  # revoked while this batch was in flight
                 continue
+            # The fetcher may hand out records from the committed offset, fetched before the
+            # restore's seek to the checkpoint: re-seek once rather than skip ticks the
+            # restored state has not seen (a second gap is a real one).
+            gap = bool(recs) and recs[0].offset > st.next_offset
+            if gap and st.next_offset < st.publish_from and not st.reseeked:
+                assert self._consumer is not None
+                self._consumer.seek(tp, st.next_offset)
+                st.reseeked = True
+                continue
+            st.reseeked = False
             for rec in recs:
                 if rec.offset < st.next_offset:  # applied already (a replay or re-fetch)
                     continue
@@ -427,14 +457,20 @@ class Server:
             # Never-checkpointed partitions at once; otherwise the one checkpointed longest
             # ago, if it is due: one partition at a time keeps each burst small.
             cp = [p for p in scope if self.parts[p].checkpointed < 0]
-            oldest = min(scope, key=lambda p: self.parts[p].checkpoint_time, default=None)
+            behind = [p for p in scope if self.parts[p].checkpointed != self.parts[p].next_offset
+                      or p in self.engine.tombstones]  # fmt: skip
+            oldest = min(behind, key=lambda p: self.parts[p].checkpoint_time, default=None)
             if (
                 oldest is not None
                 and now - self.parts[oldest].checkpoint_time >= self.settings.checkpoint_interval_s
                 and oldest not in cp
             ):
                 cp.append(oldest)
-        out = _Outgoing(offsets=dict(advanced))
+        # While re-applying ticks after a restore the position is below the committed
+        # offset; committing it would move the group back and republish those forecasts.
+        out = _Outgoing(
+            offsets={p: max(o, self.parts[p].publish_from) for p, o in advanced.items()}
+        )
         if cp:
             records = self.engine.checkpoint(cp)
             for p in cp:
@@ -454,7 +490,7 @@ class Server:
         assert producer is not None and consumer is not None
         offsets = {TopicPartition(s.ticks_topic, p): o for p, o in out.offsets.items()}
 
-        async def send() -> list[asyncio.Future[Any]]:
+        async def send_output() -> list[asyncio.Future[Any]]:
             futs: list[asyncio.Future[Any]] = []
             by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
             for sym, value, p in zip(out.symbols, out.values, out.parts, strict=True):
@@ -468,6 +504,10 @@ class Server:
                         headers=headers,
                     )
                 )  # fmt: skip
+            return futs
+
+        async def send_state() -> list[asyncio.Future[Any]]:
+            futs: list[asyncio.Future[Any]] = []
             n_state = 0
             for p, recs in out.state.items():
                 futs += await self._send_records(s.state_topic, p, recs)
@@ -477,11 +517,13 @@ class Server:
 
         if s.exactly_once:
             async with producer.transaction():
-                await send()
+                await send_output()
+                await send_state()
                 if offsets:
                     await producer.send_offsets_to_transaction(offsets, s.group)
-        else:
-            await asyncio.gather(*(await send()))
+        else:  # in order: a marker never moves past forecasts that are not acknowledged
+            await asyncio.gather(*(await send_output()))
+            await asyncio.gather(*(await send_state()))
             if offsets:
                 await consumer.commit(offsets)
         if out.values:

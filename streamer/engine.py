@@ -221,6 +221,11 @@ class Engine:
         if now - self._last_sweep > min(self.idle_evict_s, 60.0):
             evicted += self.evict_idle()
 
+        # Symbols held that tick in this batch are in use: never evict them for a newcomer.
+        slot_of = self.slot_of
+        held = [s for s in map(slot_of.get, set(ticks.symbols)) if s is not None]
+        self.last_seen[held] = now
+
         # 1. Order checks and slots, one pass in input order (a symbol's ticks stay in order).
         slot_col: list[int] = []
         k_col: list[int] = []
@@ -228,7 +233,6 @@ class Engine:
         pending: dict[int, int] = {}  # slot -> ticks accepted so far in this batch
         last_ts: dict[int, int] = {}
         new_slots: list[int] = []
-        slot_of = self.slot_of
         for i, sym in enumerate(ticks.symbols):
             src = ticks.index[i]
             slot = slot_of.get(sym)
@@ -453,39 +457,50 @@ class Engine:
 
     def restore(self, values: Iterable[bytes]) -> tuple[int, int]:
         """Load state records (latest per symbol). A record from another model version is
-        re-warmed from its buffer. Returns (restored, re-warmed)."""
-        restored: list[tuple[int, np.ndarray]] = []
-        rewarm: list[int] = []
+        re-warmed from its buffer; an unreadable one is skipped with a warning (the symbol
+        starts afresh). Beyond `max_symbols` the least recently seen are evicted as usual.
+        Returns (restored, re-warmed)."""
+        loaded: dict[int, tuple[str, np.ndarray | None]] = {}  # slot -> (symbol, hc or None)
+        evicted: list[str] = []
+        expect = (2, self.config.layers, self.config.units)
+        r = self.history
         for value in values:
-            (n,) = _HEADER.unpack_from(value)
-            h = orjson.loads(value[4 : 4 + n])
-            if h.get("format") != STATE_FORMAT or h["history"] != self.history:
-                log.warning("state of %r has an unusable format; it starts afresh", h.get("symbol"))
+            try:
+                (n,) = _HEADER.unpack_from(value)
+                h = orjson.loads(value[4 : 4 + n])
+                sym = h["symbol"]
+                if h.get("format") != STATE_FORMAT or h["history"] != r:
+                    raise ValueError(f"format {h.get('format')}, history {h.get('history')}")
+                body = memoryview(value)[4 + n :]
+                if len(body) != 24 * r + 4 * int(np.prod(h["hc"])):
+                    raise ValueError(f"{len(body)} bytes of arrays")
+                prices = np.frombuffer(body[: 8 * r], np.float64)
+                times = np.frombuffer(body[8 * r : 16 * r], np.int64)
+                volumes = np.frombuffer(body[16 * r : 24 * r], np.float64)
+                hc = np.frombuffer(body[24 * r :], np.float32)
+                meta = (int(h["partition"]), int(h["offset"]), int(h["count"]), int(h["seq"]))
+                last_ts = int(h["last_ts"])
+            except (ValueError, KeyError, TypeError, struct.error) as e:
+                log.warning("unreadable state record skipped (%s); that symbol starts afresh", e)
                 continue
-            r = self.history
-            body = memoryview(value)[4 + n :]
-            prices = np.frombuffer(body[: 8 * r], np.float64)
-            times = np.frombuffer(body[8 * r : 16 * r], np.int64)
-            volumes = np.frombuffer(body[16 * r : 24 * r], np.float64)
-            hc = np.frombuffer(body[24 * r :], np.float32)
-            sym = h["symbol"]
             slot = self.slot_of.get(sym)
             if slot is None:
-                evicted: list[str] = []
                 slot = self._allocate(sym, evicted)
             self.prices[slot], self.times[slot], self.volumes[slot] = prices, times, volumes
-            self.partition[slot] = h["partition"]
-            self.offset[slot] = h["offset"]
-            self.count[slot] = h["count"]
-            self.seq[slot] = h["seq"]
-            self.last_ts[slot] = h["last_ts"]
+            self.partition[slot], self.offset[slot], self.count[slot], self.seq[slot] = meta
+            self.last_ts[slot] = last_ts
             self.last_seen[slot] = self.clock()
             self.dirty[slot] = False
-            expect = (2, self.config.layers, self.config.units)
-            if h["model"] == self.version and tuple(h["hc"]) == expect:
-                restored.append((slot, hc.reshape(expect)))
-            else:
-                rewarm.append(slot)
+            same = h["model"] == self.version and tuple(h["hc"]) == expect
+            loaded[slot] = (sym, hc.reshape(expect) if same else None)
+        # A slot taken over by a later record (beyond max_symbols) keeps only that one.
+        live = {s: v for s, v in loaded.items() if self.symbol_at[s] == v[0]}
+        restored = [(s, hc) for s, (_, hc) in live.items() if hc is not None]
+        rewarm = [s for s, (_, hc) in live.items() if hc is None]
+        if evicted:
+            log.warning(
+                "restore beyond max_symbols=%d evicted %d symbols", self.max_symbols, len(evicted)
+            )
         if restored:
             self.runtime.set_states(
                 np.asarray([s for s, _ in restored]), np.stack([hc for _, hc in restored])
@@ -516,7 +531,6 @@ class Engine:
             v_prev.reshape(-1),
         ).reshape(len(sl), w, -1)
         self.runtime.warm(sl, x)
-        self.count[sl] = np.maximum(self.count[sl], w)
 
 
 def encode_marker(next_offset: int, version: str) -> bytes:

@@ -116,10 +116,10 @@ def forecasts_of(records: list[Any]) -> list[dict[str, Any]]:
 
 def reference(
     pred: Predictor, ticks: list[Tick], n_partitions: int
-) -> dict[tuple[str, int], float]:
-    """An uninterrupted in-process run: {(symbol, seq): forecast}."""
+) -> dict[tuple[str, int], tuple[float, float, float, bool]]:
+    """An uninterrupted in-process run: {(symbol, seq): (forecast, lower, upper, warming)}."""
     eng = Engine(pred)
-    out: dict[tuple[str, int], float] = {}
+    out: dict[tuple[str, int], tuple[float, float, float, bool]] = {}
     for i in range(0, len(ticks), 500):
         part = ticks[i : i + 500]
         good, bad = decode([encode(*t) for t in part], [t[0].encode() for t in part])
@@ -127,8 +127,23 @@ def reference(
         p = np.asarray([partition_of(t[0], n_partitions) for t in part], np.int32)
         f = eng.apply(good, p, np.arange(i, i + len(part))).forecasts
         for j, sym in enumerate(f.symbols):
-            out[(sym, int(f.seq[j]))] = float(f.forecast[j])
+            out[(sym, int(f.seq[j]))] = (
+                float(f.forecast[j]),
+                float(f.lower[j]),
+                float(f.upper[j]),
+                bool(f.warming[j]),
+            )
     return out
+
+
+def wait_serving(log: Path, timeout: float = 180.0) -> None:
+    """Block until a serve process logs that it owns partitions (it restored them)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if log.exists() and "symbols restored" in log.read_text(errors="replace"):
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"serve did not start consuming in {timeout} s")
 
 
 def serve_process(settings: Settings, log: Path, **extra: str) -> subprocess.Popen[bytes]:
@@ -149,13 +164,20 @@ def serve_process(settings: Settings, log: Path, **extra: str) -> subprocess.Pop
 
 
 def check_exactly_once(
-    fc: list[dict[str, Any]], ticks: list[Tick], ref: dict[tuple[str, int], float]
+    fc: list[dict[str, Any]],
+    ticks: list[Tick],
+    ref: dict[tuple[str, int], tuple[float, float, float, bool]],
 ) -> None:
     """One forecast per tick, each equal to the uninterrupted run's."""
     keys = [(d["source"]["partition"], d["source"]["offset"]) for d in fc]
     assert len(keys) == len(set(keys)), f"{len(keys) - len(set(keys))} duplicate forecasts"
     assert len(fc) == len(ticks), f"{len(fc)} forecasts for {len(ticks)} ticks"
-    got = {(d["symbol"], d["seq"]): d["forecast"] for d in fc}
-    assert set(got) == set(ref)
-    worst = max(abs(got[k] - v) / abs(v) for k, v in ref.items())
+    got = {
+        (d["symbol"], d["seq"]): (d["forecast"], d["lower"], d["upper"], d["warming"]) for d in fc
+    }
+    assert set(got) == set(ref), (sorted(set(got) - set(ref))[:5], sorted(set(ref) - set(got))[:5])
+    worst = max(
+        abs(g - r) / abs(r) for k, v in ref.items() for g, r in zip(got[k][:3], v[:3], strict=True)
+    )
     assert worst <= 1e-5, f"largest relative difference {worst}"
+    assert all(got[k][3] == v[3] for k, v in ref.items())  # warming flags

@@ -211,7 +211,7 @@ def test_ticks_without_volume_repeat_the_previous_volume(stocks: Predictor) -> N
     good, _ = decode(ticks, [b"A"] * 3)
     f = eng.apply(good, np.zeros(3, np.int32), np.arange(3)).forecasts
     assert np.isfinite(f.forecast).all() and (f.lower < f.forecast).all()
-    assert not np.isnan(eng.volumes[eng.slot_of["A"]]).any()
+    assert eng.volumes[eng.slot_of["A"]][-3:].tolist() == [5.0, 5.0, 5.0]  # no change: dlogvol 0
 
 
 def test_a_batch_with_more_symbols_than_slots_is_split(stocks: Predictor) -> None:
@@ -223,4 +223,25 @@ def test_a_batch_with_more_symbols_than_slots_is_split(stocks: Predictor) -> Non
     a = eng.apply(good, np.zeros(5, np.int32), np.arange(5))
     assert a.forecasts.symbols == syms  # every tick answered, in order
     assert a.forecasts.index.tolist() == [0, 1, 2, 3, 4]
-    assert len(eng) == 2 and sorted(a.evicted) == ["A", "B", "C"]
+    # "A B" fit; then C evicts B (A ticks again in this batch); then D evicts one of A, C.
+    assert a.forecasts.seq.tolist() == [1, 1, 1, 2, 1]
+    assert a.evicted[0] == "B" and len(a.evicted) == 2 and len(eng) == 2
+
+
+def test_a_symbol_ticking_in_the_batch_is_never_evicted_for_a_newcomer(stocks: Predictor) -> None:
+    now = [0.0]
+    eng = Engine(stocks, max_symbols=2, clock=lambda: now[0])
+
+    def batch(syms: list[str], t0: int) -> tuple[list[int], list[str]]:
+        good, _ = decode(
+            [encode(s, t0 + i, 10.0) for i, s in enumerate(syms)], [s.encode() for s in syms]
+        )
+        a = eng.apply(good, np.zeros(len(syms), np.int32), np.arange(t0, t0 + len(syms)))
+        return a.forecasts.seq.tolist(), a.evicted
+
+    batch(["A"], 0)
+    now[0] = 1.0
+    batch(["B"], 1)
+    now[0] = 2.0
+    seq, evicted = batch(["C", "A"], 2)  # A is the least recently seen, but ticks now
+    assert evicted == ["B"] and seq == [1, 2]

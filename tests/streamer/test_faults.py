@@ -7,9 +7,12 @@ from __future__ import annotations
 import asyncio
 import itertools
 import random
+import re
 import signal
 import subprocess
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from tests.streamer.harness import (
     read_topic,
     reference,
     serve_process,
+    wait_serving,
 )
 
 
@@ -38,6 +42,17 @@ def stocks() -> Predictor:
 def stop(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
     p.send_signal(signal.SIGTERM)
     return p.wait(timeout)
+
+
+def wait_serving_after(log: Path, mark: int, parts: int, timeout: float = 180.0) -> None:
+    """Block until the log, past byte `mark`, shows a serve process that restored all
+    `parts` partitions (it is consuming)."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if log.read_bytes()[mark:].decode(errors="replace").count("symbols restored") >= parts:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"serve did not start consuming in {timeout} s")
 
 
 def log_tail(log: Path) -> str:
@@ -58,7 +73,7 @@ def test_kill_9_at_random_points_then_restart(
     kafka: LocalBroker, stocks: Predictor, tmp_path: Path
 ) -> None:
     s = fresh_settings(kafka.bootstrap)
-    n = 6000
+    n = 12000  # 30 s at 400/s: each restart takes ~5-10 s (start, precompile, restore)
     ticks = list(replay.synthetic(6, n, seed=7))
     log = tmp_path / "serve.log"
     rng = random.Random(11)
@@ -67,26 +82,65 @@ def test_kill_9_at_random_points_then_restart(
         from streamer.app import ensure_topics
 
         await ensure_topics(s)
-        feed = asyncio.create_task(stream(s, 6, n, rate=600))
         proc = serve_process(s, log)
+        await asyncio.to_thread(wait_serving_after, log, 0, s.partitions)
+        feed = asyncio.create_task(stream(s, 6, n, rate=400))
         kills = 0
         try:
-            while not feed.done() and kills < 3:
-                await asyncio.sleep(rng.uniform(2.5, 4.5))
+            while kills < 3:
+                await asyncio.sleep(rng.uniform(0.5, 2.0))  # serving at a random moment
                 proc.kill()  # SIGKILL: no cleanup at all
                 proc.wait()
                 kills += 1
+                mark = log.stat().st_size
                 proc = serve_process(s, log)
+                await asyncio.to_thread(wait_serving_after, log, mark, s.partitions)
             await feed
             fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
         finally:
             rc = stop(proc)
         assert rc == 0, log_tail(log)
         assert kills == 3
+        # Restarts restored state and re-applied ticks between checkpoint and commit.
+        replays = re.findall(r"(\d+) symbols restored .*replay (\d+)\.\.(\d+)", log.read_text())
+        assert any(int(n) > 0 for n, _, _ in replays), replays
+        assert any(int(a) < int(b) for _, a, b in replays), replays
         return forecasts_of(fc)
 
     fc = asyncio.run(go())
     check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+
+
+def outage_run(
+    s: Settings, ticks: list[replay.Tick], log: Path, down: Callable[[], None],
+    up: Callable[[], None], rate: float,
+) -> tuple[list[dict[str, Any]], str]:  # fmt: skip
+    """Serve a live feed, take (part of) Kafka down mid-stream and bring it back; returns
+    the committed forecasts and serve's log."""
+
+    async def go() -> list[dict[str, Any]]:
+        from streamer.app import ensure_topics
+
+        await ensure_topics(s)
+        proc = serve_process(s, log)
+        try:
+            await asyncio.to_thread(wait_serving, log)
+            feed = asyncio.create_task(stream_part(s, ticks, rate=rate))
+            await asyncio.sleep(2.5)  # ticks are flowing and being served
+            down()
+            await asyncio.sleep(2.0)
+            up()
+            await feed
+            fc = await read_topic(
+                s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks), timeout_s=120
+            )
+        finally:
+            rc = stop(proc)
+        assert rc == 0, log_tail(log)
+        return forecasts_of(fc)
+
+    fc = asyncio.run(go())
+    return fc, log.read_text()
 
 
 def test_broker_restart_mid_stream(stocks: Predictor, tmp_path: Path) -> None:
@@ -95,30 +149,8 @@ def test_broker_restart_mid_stream(stocks: Predictor, tmp_path: Path) -> None:
     try:
         s = fresh_settings(broker.bootstrap)
         ticks = list(replay.synthetic(4, 3000, seed=7))
-        log = tmp_path / "serve.log"
-
-        async def go() -> list[dict[str, Any]]:
-            from streamer.app import ensure_topics
-
-            await ensure_topics(s)
-            proc = serve_process(s, log)
-            try:
-                feed = asyncio.create_task(stream_part(s, ticks, rate=600))
-                await asyncio.sleep(2.5)  # ticks are flowing and being served
-                broker.stop()
-                await asyncio.sleep(2.0)
-                broker.start()
-                await feed
-                fc = await read_topic(
-                    s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks), timeout_s=120
-                )
-            finally:
-                rc = stop(proc)
-            assert rc == 0, log_tail(log)
-            assert "Unable connect" in log.read_text()  # it did see the outage
-            return forecasts_of(fc)
-
-        fc = asyncio.run(go())
+        fc, log = outage_run(s, ticks, tmp_path / "serve.log", broker.stop, broker.start, 600)
+        assert "ERROR aiokafka" in log  # it did see the outage
         check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
     finally:
         broker.stop()
@@ -145,11 +177,9 @@ def test_second_instance_joins_and_leaves(
         try:
             await asyncio.sleep(4.0)
             b = serve_process(s, log_b, instance="serve-b")
-            for _ in range(600):  # until b owns partitions (restored from a's checkpoints)
-                if "symbols restored" in (log_b.read_text() if log_b.exists() else ""):
-                    break
-                await asyncio.sleep(0.1)
+            await asyncio.to_thread(wait_serving, log_b)  # b owns partitions now
             await asyncio.sleep(4.0)
+            assert re.search(r"partition \d+: [1-9]\d* symbols restored", log_b.read_text())
             assert stop(b) == 0, log_tail(log_b)
             await feed
             fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
@@ -180,27 +210,8 @@ def test_a_cluster_node_killed_mid_stream(
     lead partitions or the transaction coordinator, then restart it; nothing is lost."""
     s = fresh_settings(kafka_cluster.bootstrap, replication=3)
     ticks = list(replay.synthetic(6, 4000, seed=7))
-    log = tmp_path / "serve.log"
-
-    async def go() -> list[dict[str, Any]]:
-        from streamer.app import ensure_topics
-
-        await ensure_topics(s)
-        proc = serve_process(s, log)
-        try:
-            feed = asyncio.create_task(stream_part(s, ticks, rate=500))
-            await asyncio.sleep(3.0)
-            kafka_cluster.kill_node(0)
-            await asyncio.sleep(2.0)
-            kafka_cluster.start_node(0)
-            await feed
-            fc = await read_topic(
-                s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks), timeout_s=120
-            )
-        finally:
-            rc = stop(proc)
-        assert rc == 0, log_tail(log)
-        return forecasts_of(fc)
-
-    fc = asyncio.run(go())
+    fc, _ = outage_run(
+        s, ticks, tmp_path / "serve.log",
+        lambda: kafka_cluster.kill_node(0), lambda: kafka_cluster.start_node(0), 500,
+    )  # fmt: skip
     check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
