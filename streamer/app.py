@@ -302,6 +302,7 @@ class Server:
                 idle_since = time.monotonic()
             if not got and time.monotonic() - idle_since > 10.0:
                 raise KafkaError(f"state partition {p}: no progress towards offset {end}")
+        self._restorer.unsubscribe()  # no background fetching of the state topic
         marker = latest.pop(MARKER_KEY, None)
         committed = await self._consumer.committed(ttp)
         values = [v for v in latest.values() if v is not None]
