@@ -23,8 +23,9 @@ import os
 import signal
 import time
 from collections import Counter
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
@@ -35,10 +36,13 @@ from aiokafka.structs import TopicPartition
 
 from model.checkpoint import Predictor
 from streamer.engine import MARKER_KEY, Engine, decode_marker, encode_marker
-from streamer.hub import Hub, payloads
+from streamer.hub import Hub, payloads, points_of
 from streamer.metrics import Metrics, close_http, serve_http
 from streamer.settings import Settings
 from streamer.ticks import decode
+
+if TYPE_CHECKING:
+    from streamer.server import FeedServer
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +52,22 @@ log = logging.getLogger(__name__)
 # transaction per micro-batch that 20 ms lands on every batch's latency, so retry sooner.
 # Measured on the 2-core dev VM, back-to-back transactions: 29 ms -> 9 ms each.
 aiokafka_sender.BACKOFF_OVERRIDE = 0.002
+
+
+class _QuietTransactionRetries(logging.Filter):
+    """Kafka ≥ 3.6 answers a produce to a partition whose transaction is still being
+    verified (the KIP-890 form of CONCURRENT_TRANSACTIONS) with NOT_ENOUGH_REPLICAS for
+    clients of aiokafka's protocol version, so that they retry; aiokafka logs each retry as
+    a warning. On a single healthy broker that is routine: log it at DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno == logging.WARNING and "NotEnoughReplicasError" in record.getMessage():
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
+        return True
+
+
+logging.getLogger("aiokafka.producer.sender").addFilter(_QuietTransactionRetries())
 
 MAX_RECORD_BYTES = 1 << 20
 
@@ -100,6 +120,7 @@ class _Outgoing:
     values: list[bytes] = field(default_factory=list)  # forecast payloads
     parts: list[int] = field(default_factory=list)  # their forecasts partition
     stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
+    points: np.ndarray | None = None  # [n, 5] history points for the hub
     dead: list[tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]] = field(
         default_factory=list
     )
@@ -132,7 +153,7 @@ class Server:
     ) -> None:
         self.settings = settings
         self.engine = Engine(predictor, settings.max_symbols, settings.idle_evict_s)
-        self.hub = hub or Hub()
+        self.hub = hub or Hub(settings.feed_history)
         self.metrics = metrics or Metrics()
         self.metrics.set_model({"version": predictor.version, **predictor.config.to_dict()})
         self.stats = Stats()
@@ -147,6 +168,31 @@ class Server:
         self._stopping = False
         self._inflight: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None  # raised in a rebalance callback
+        self.ready = False  # consuming: the session holds its first assignment
+        self._latency_ms: list[float] = []  # tick -> forecast, sampled per batch (status())
+        self._status_at = (time.monotonic(), 0, 0)  # (when, ticks, forecasts) at last status
+
+    def status(self) -> dict[str, Any]:
+        """Live figures for the feed's heartbeat (rates since the previous call)."""
+        now = time.monotonic()
+        t0, ticks0, fc0 = self._status_at
+        dt = max(now - t0, 1e-9)
+        lat = sorted(self._latency_ms)
+        self._latency_ms.clear()
+        self._status_at = (now, self.stats.ticks, self.stats.forecasts)
+        rmse = self.metrics.live_rmse()
+        return {
+            "model": self.engine.version,
+            "ticks_per_s": round((self.stats.ticks - ticks0) / dt, 1),
+            "forecasts_per_s": round((self.stats.forecasts - fc0) / dt, 1),
+            "latency_ms": {
+                "p50": round(lat[len(lat) // 2], 2) if lat else None,
+                "max": round(lat[-1], 2) if lat else None,
+            },
+            "rmse": rmse,
+            "symbols": len(self.engine),
+            "ready": self.ready,
+        }
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event | None = None) -> None:
@@ -250,6 +296,7 @@ class Server:
                     await asyncio.wait_for(client.stop(), 5.0)
             self._producer = self._consumer = self._restorer = None
             self._stopping = False
+            self.ready = False
 
     # ------------------------------------------------------------------ rebalance
     # aiokafka calls these from its coordinator task and only logs what they raise, so a
@@ -265,6 +312,7 @@ class Server:
                 for p in mine:
                     await self._restore(p)
                 self.metrics.symbols.set(len(self.engine))
+                self.ready = True
             except Exception as e:
                 self._failure = self._failure or e
 
@@ -404,6 +452,7 @@ class Server:
         out.values = payloads(f, rows, stamp, {"instance": s.instance})
         out.parts = (f.partition[rows] % self._n_forecast_parts).tolist()
         out.stamps = stamp[f.index[rows]] if len(rows) else stamp[:0]
+        out.points = points_of(f, rows)
         for r in rejected:
             if fresh[r.index]:
                 source = f"{s.ticks_topic}/{part[r.index]}/{offs[r.index]}"
@@ -528,12 +577,15 @@ class Server:
             if offsets:
                 await consumer.commit(offsets)
         if out.values:
-            self.hub.publish(out.symbols, out.values)
+            self.hub.publish(out.symbols, out.values, out.points)
             self.metrics.forecasts.inc(len(out.values))
             self.stats.forecasts += len(out.values)
             now_ms = time.time() * 1000
             for q in (out.stamps.min(), np.median(out.stamps), out.stamps.max()):
-                self.metrics.latency.observe(max(0.0, (now_ms - float(q)) / 1000))
+                ms = max(0.0, now_ms - float(q))
+                self.metrics.latency.observe(ms / 1000)
+                self._latency_ms.append(ms)
+            del self._latency_ms[:-3000]
             self.metrics.batch_seconds.observe(out.compute_s)
 
     async def _send_records(
@@ -566,24 +618,47 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
 
 def serve(settings: Settings, predictor: Predictor) -> int:
-    """Run the server until SIGTERM/SIGINT; returns the exit code."""
+    """Run the server (and its websocket feed) until SIGTERM/SIGINT; returns the exit code."""
+    return run_loop(settings, serving(settings, predictor))
+
+
+async def serving(
+    settings: Settings,
+    predictor: Predictor,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[FeedServer | None], None] | None = None,
+) -> None:
+    """The server, its feed and metrics endpoint, until `stop` is set or SIGTERM/SIGINT."""
+    from streamer.server import FeedServer
+
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
     metrics = Metrics()
     http = (
         serve_http(metrics, settings.metrics_host, settings.metrics_port)
-        if (settings.metrics_port)
+        if settings.metrics_port
         else None
     )
-
-    async def main() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        server = Server(settings, predictor, metrics=metrics)
+    server = Server(settings, predictor, metrics=metrics)
+    feed: FeedServer | None = None
+    try:
         if settings.precompile:
             t0 = time.perf_counter()
             n = server.engine.precompile()
             log.info("precompiled %d batch shapes in %.1f s", n, time.perf_counter() - t0)
+        if settings.feed_port:
+            feed = FeedServer(
+                settings,
+                server.hub,
+                ready=lambda: server.ready,
+                status=server.status,
+                metrics=metrics,
+            )
+            await feed.start()
+        if on_ready is not None:
+            on_ready(feed)
         profile = os.environ.get("TICKCAST_PROFILE")  # cProfile the serving, not the start
         profiler = cProfile.Profile() if profile else None
         if profiler is not None:
@@ -600,13 +675,27 @@ def serve(settings: Settings, predictor: Predictor) -> int:
             server.stats.forecasts,
             server.stats.rejected,
         )
+    finally:
+        if feed is not None:
+            await feed.close()
+        if http is not None:
+            close_http(http)
 
+
+def run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> int:
+    """Run `main` on uvloop when asked for and installed (lower fan-out latency), with the
+    JAX compile cache on; returns 0."""
     from model.runtime import enable_compile_cache
 
     enable_compile_cache()
-    try:
-        asyncio.run(main())
-    finally:
-        if http is not None:
-            close_http(http)
+    factory = None
+    if settings.uvloop:
+        try:
+            import uvloop
+
+            factory = uvloop.new_event_loop
+        except ImportError:
+            log.info("uvloop is not installed; using asyncio's event loop")
+    with asyncio.Runner(loop_factory=factory) as runner:
+        runner.run(main)
     return 0

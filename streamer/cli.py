@@ -1,6 +1,9 @@
 """The `tickcast` command.
 
-tickcast run                      the main job on its embedded default (bundled data + models)
+tickcast run                      the main job on its embedded default: local broker, replay
+                                  of bundled real data, serve, websocket feed and dashboard
+tickcast watch SYM...             print live forecasts from the websocket feed
+tickcast report                   evaluate every bundled model on its data (tables + plots)
 tickcast train --data D --out M   fit a model on a bundled data set or a CSV
 tickcast evaluate --data D [--model M] [--json] [--plot out.png]
 tickcast datasets                 list the bundled real series
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import UTC, datetime
@@ -173,7 +177,32 @@ def _datasets(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace) -> int:
-    """The main job today: every bundled model evaluated on its bundled series, with plots."""
+    """The whole product on its embedded default: a local Kafka broker, a looped replay of a
+    bundled real series, `serve` with the bundled model, the websocket feed and dashboard.
+    Ctrl-C stops everything."""
+    from streamer.app import run_loop
+    from streamer.embedded import embedded
+    from streamer.settings import from_args
+
+    settings = from_args(args)
+    _logging(settings.log_level)
+    if args.rate <= 0:
+        raise ValueError("--rate must be > 0")
+    predictor = _load_model(settings.model)
+    return run_loop(
+        settings, embedded(settings, predictor, data=args.data, rate=args.rate, passes=args.passes)
+    )
+
+
+def _watch(args: argparse.Namespace) -> int:
+    """Print live forecasts from the websocket feed (the protocol's reference client)."""
+    from streamer.watch import main as watch_main
+
+    return watch_main(args.url, args.symbols, args.token, args.count, args.json)
+
+
+def _report(args: argparse.Namespace) -> int:
+    """Every bundled model evaluated on its bundled series, with plots."""
     from model.data import BUNDLED
 
     out = Path(args.out)
@@ -280,14 +309,43 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming real-time price forecaster: a stateful Flax LSTM per symbol.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from streamer import kafka_local, settings
 
     p = sub.add_parser(
         "run",
-        help="main job: evaluate the bundled models on the bundled data, with plots",
+        help="main job: broker + replay + serve + dashboard, on the bundled data and model",
         description=_run.__doc__,
     )
-    p.add_argument("--out", default="out", help="folder for the plots (default ./out)")
+    p.add_argument("--data", default="stocks", help="bundled series to replay (default stocks)")
+    p.add_argument("--rate", type=float, default=20.0, help="ticks/s replayed (default 20)")
+    p.add_argument("--passes", type=int, help="replay the series this many times (default: loop)")
+    settings.add_arguments(
+        p,
+        [n for n in settings.NAMES
+         if n not in ("kafka_bootstrap", "replication", "instance", "group")],
+    )  # fmt: skip
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "report",
+        help="evaluate every bundled model on its bundled data, with plots",
+        description=_report.__doc__,
+    )
+    p.add_argument("--out", default="out", help="folder for the plots (default ./out)")
+    p.set_defaults(func=_report)
+
+    p = sub.add_parser(
+        "watch", help="print live forecasts from the feed", description=_watch.__doc__
+    )
+    p.add_argument("symbols", nargs="+", metavar="SYM", help="symbols to follow, or '*' for all")
+    p.add_argument(
+        "--url", default="ws://127.0.0.1:8765/ws", help="feed URL (default ws://127.0.0.1:8765/ws)"
+    )
+    p.add_argument("--token", default=os.environ.get("TICKCAST_FEED_TOKEN") or None,
+                   help="bearer token [TICKCAST_FEED_TOKEN]")  # fmt: skip
+    p.add_argument("--count", type=int, help="exit after this many forecasts")
+    p.add_argument("--json", action="store_true", help="print every message as JSON")
+    p.set_defaults(func=_watch)
 
     p = sub.add_parser(
         "train",
@@ -318,8 +376,6 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundle", help="retrain the models that ship with tickcast (minutes each)")
     p.add_argument("names", nargs="*", help="bundled data sets (default: all)")
     p.set_defaults(func=_bundle)
-
-    from streamer import kafka_local, settings
 
     kafka_local.add_cli(sub)
 

@@ -72,12 +72,86 @@ def payloads(
     ]
 
 
-class Hub:
-    """Latest forecast per symbol, and listeners called with each batch's forecasts
-    (symbols and their JSON payloads, in order)."""
+POINT_FIELDS = ("ts", "price", "forecast", "lower", "upper")
 
-    def __init__(self) -> None:
+
+def points_of(f: Forecasts, rows: np.ndarray) -> np.ndarray:
+    """`[len(rows), 5]` float64 history points (`POINT_FIELDS`; ts in epoch ms)."""
+    rows = np.asarray(rows, np.int64)
+    return np.stack(
+        [f.ts[rows].astype(np.float64), f.price[rows], f.forecast[rows], f.lower[rows],
+         f.upper[rows]],
+        axis=1,
+    )  # fmt: skip
+
+
+class History:
+    """The last `n` points of each symbol in one ring array `[symbols, n, 5]` (`POINT_FIELDS`),
+    updated once per batch with numpy (no Python loop over points)."""
+
+    def __init__(self, n: int = 120, capacity: int = 64) -> None:
+        self.n = n
+        self._rows: dict[str, int] = {}
+        self._free: list[int] = []
+        self._buf = np.zeros((capacity, n, len(POINT_FIELDS)))
+        self._count = np.zeros(capacity, np.int64)  # points ever added per row
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _row(self, symbol: str) -> int:
+        row = self._rows.get(symbol)
+        if row is None:
+            if self._free:
+                row = self._free.pop()
+            else:
+                row = len(self._rows)
+                if row == len(self._buf):  # grow by doubling
+                    self._buf = np.concatenate([self._buf, np.zeros_like(self._buf)])
+                    self._count = np.concatenate([self._count, np.zeros_like(self._count)])
+            self._count[row] = 0
+            self._rows[symbol] = row
+        return row
+
+    def add(self, symbols: list[str], points: np.ndarray) -> None:
+        """Append `points [len(symbols), 5]`, in order (a symbol may repeat)."""
+        if not symbols or self.n == 0:
+            return
+        rows = np.fromiter((self._row(s) for s in symbols), np.int64, len(symbols))
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        first = np.flatnonzero(np.r_[True, srt[1:] != srt[:-1]])
+        size = np.diff(np.r_[first, len(srt)])
+        rank = np.arange(len(srt)) - np.repeat(first, size)  # occurrence within the batch
+        keep = rank >= np.repeat(size, size) - self.n  # at most the last n per symbol
+        idx, r = order[keep], srt[keep]
+        self._buf[r, (self._count[r] + rank[keep]) % self.n] = points[idx]
+        self._count[srt[first]] += size
+
+    def get(self, symbol: str) -> np.ndarray:
+        """The symbol's points, oldest first: `[m, 5]`, m ≤ n (empty if unknown)."""
+        row = self._rows.get(symbol)
+        if row is None:
+            return np.zeros((0, len(POINT_FIELDS)))
+        c = int(self._count[row])
+        m = min(c, self.n)
+        out: np.ndarray = self._buf[row, np.arange(c - m, c) % self.n]
+        return out
+
+    def drop(self, symbols: list[str]) -> None:
+        for s in symbols:
+            row = self._rows.pop(s, None)
+            if row is not None:
+                self._free.append(row)
+
+
+class Hub:
+    """Latest forecast per symbol, its recent history, and listeners called with each
+    batch's forecasts (symbols and their JSON payloads, in order)."""
+
+    def __init__(self, history: int = 120) -> None:
         self.latest: dict[str, bytes] = {}
+        self.history = History(history)
         self._listeners: list[Listener] = []
         self.events: list[dict[str, Any]] = []  # announcements (evictions), newest last
 
@@ -86,8 +160,13 @@ class Hub:
         self._listeners.append(listener)
         return lambda: self._listeners.remove(listener)
 
-    def publish(self, symbols: list[str], values: list[bytes]) -> None:
+    def publish(
+        self, symbols: list[str], values: list[bytes], points: np.ndarray | None = None
+    ) -> None:
+        """One batch's forecasts, in order; `points [n, 5]` (`points_of`) feed the history."""
         self.latest.update(zip(symbols, values, strict=True))
+        if points is not None:
+            self.history.add(symbols, points)
         for listener in list(self._listeners):
             try:
                 listener(symbols, values)
@@ -102,3 +181,4 @@ class Hub:
         if event.get("type") == "evicted":
             for sym in event.get("symbols", []):
                 self.latest.pop(sym, None)
+            self.history.drop(event.get("symbols", []))

@@ -105,6 +105,43 @@ class Metrics:
             ["predictor"],
             registry=r,
         )
+        # The websocket feed (streamer/server.py).
+        self.feed_connections = Gauge(
+            "tickcast_feed_connections", "Open websocket feed connections", registry=r
+        )
+        self.feed_subscriptions = Gauge(
+            "tickcast_feed_subscriptions",
+            "Symbol subscriptions over all feed connections (a wildcard counts once)",
+            registry=r,
+        )
+        self.feed_messages = Counter(
+            "tickcast_feed_messages_sent", "Websocket messages sent", ["type"], registry=r
+        )
+        self.feed_deliveries = Counter(
+            "tickcast_feed_deliveries", "Forecasts delivered to feed clients", registry=r
+        )
+        self.feed_conflated = Counter(
+            "tickcast_feed_conflated",
+            "Forecasts replaced by a newer one for a client that fell behind",
+            registry=r,
+        )
+        self.feed_closed = Counter(
+            "tickcast_feed_closed",
+            "Feed connections closed by the server",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("slow", "unauthorized", "max_connections", "shutdown"):
+            self.feed_closed.labels(reason)
+        self.feed_errors = Counter(
+            "tickcast_feed_errors", "Error replies to feed clients", ["code"], registry=r
+        )
+        self.feed_send = Histogram(
+            "tickcast_feed_send_seconds",
+            "From a forecast's publication to the hub until its frame is written to the socket",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self._alpha = 1.0 / ewm_ticks
         self._mse = {"model": math.nan, "persistence": math.nan}
 
@@ -118,6 +155,10 @@ class Metrics:
             old = self._mse[name]
             self._mse[name] = mean if math.isnan(old) else keep * old + (1 - keep) * mean
             self.rmse.labels(name).set(math.sqrt(self._mse[name]))
+
+    def live_rmse(self) -> dict[str, float | None]:
+        """The rolling RMSE of the model and of persistence (None before any error)."""
+        return {k: None if math.isnan(v) else math.sqrt(v) for k, v in self._mse.items()}
 
     def set_model(self, info: dict[str, Any]) -> None:
         self.model.info({k: str(v) for k, v in info.items()})

@@ -34,6 +34,25 @@ def interleave(series: list[Series]) -> Iterator[Tick]:
         yield s.symbol, int(s.ts[r]), float(s.price[r]), vol
 
 
+def looped(series: list[Series], passes: int | None = None) -> Iterator[Tick]:
+    """`interleave(series)` again and again (`passes` times, None: forever). Each pass is
+    shifted past the previous one in time and each symbol's prices are scaled to continue
+    from where it ended, so a model sees no jump at the seam."""
+    start = min(int(s.ts[0]) for s in series)
+    end = max(int(s.ts[-1]) for s in series)
+    gap = int(np.median(np.concatenate([np.diff(s.ts) for s in series if len(s) > 1])))
+    span = end - start + max(gap, 1)
+    scale = dict.fromkeys((s.symbol for s in series), 1.0)
+    growth = {s.symbol: float(s.price[-1] / s.price[0]) for s in series}
+    k = 0
+    while passes is None or k < passes:
+        for sym, ts, price, vol in interleave(series):
+            yield sym, ts + k * span, price * scale[sym], vol
+        for sym in scale:
+            scale[sym] *= growth[sym]
+        k += 1
+
+
 def synthetic(
     n_symbols: int, n_ticks: int, seed: int = 0, start_ms: int = 1_700_000_000_000
 ) -> Iterator[Tick]:

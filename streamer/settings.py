@@ -41,6 +41,19 @@ class Settings:
     fetch_wait_ms: int = 5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9300
+    feed_host: str = "127.0.0.1"
+    feed_port: int = 8765
+    feed_token: str = ""
+    feed_max_connections: int = 2000
+    feed_max_symbols: int = 1000
+    feed_max_frame: int = 65536
+    feed_rate: float = 20.0
+    feed_queue: int = 5000
+    feed_slow_close_s: float = 5.0
+    feed_history: int = 120
+    feed_heartbeat_s: float = 1.0
+    feed_wildcard: bool = True
+    uvloop: bool = True
     log_level: str = "INFO"
 
 
@@ -69,6 +82,19 @@ HELP: dict[str, str] = {
     "fetch_wait_ms": "longest wait for more ticks before a micro-batch runs",
     "metrics_host": "address of the Prometheus metrics endpoint",
     "metrics_port": "port of the Prometheus metrics endpoint (0: none)",
+    "feed_host": "address of the websocket feed, dashboard and health checks",
+    "feed_port": "port of the websocket feed, dashboard and health checks (0: no feed)",
+    "feed_token": "bearer token feed clients must present (empty: no auth)",
+    "feed_max_connections": "most feed connections at once (more are closed with 1013)",
+    "feed_max_symbols": "most symbols one feed connection may subscribe to",
+    "feed_max_frame": "largest client message in bytes (larger: closed with 1009)",
+    "feed_rate": "client messages a second per connection (burst twice that)",
+    "feed_queue": "forecasts queued per feed client before they are conflated",
+    "feed_slow_close_s": "close a feed client (4001) whose socket accepts nothing this long",
+    "feed_history": "points of price and forecast history in each snapshot",
+    "feed_heartbeat_s": "seconds between heartbeats on every feed connection",
+    "feed_wildcard": 'allow subscribing to every symbol with "*"',
+    "uvloop": "run the event loop on uvloop when it is installed",
     "log_level": "logging level",
 }
 

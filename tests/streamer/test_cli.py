@@ -44,7 +44,7 @@ def csv_file(tmp_path: Path) -> Path:
 
 def test_help_on_every_subcommand():
     out = tickcast("--help").stdout
-    for cmd in ("run", "train", "evaluate", "datasets", "bundle"):
+    for cmd in ("run", "report", "watch", "train", "evaluate", "datasets", "bundle"):
         assert cmd in out
         assert "usage: tickcast " + cmd in tickcast(cmd, "--help").stdout
 

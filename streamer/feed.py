@@ -1,0 +1,452 @@
+"""The websocket feed's protocol and per-client state, without sockets (docs/feed.md).
+
+`Feed` subscribes to the hub. A published batch is appended to the `Outbox` of each client
+subscribed to its symbols (references to the shared payload bytes, no copies, no encoding),
+and the client's writer is woken through `notify`. The async shell (`streamer.server`) runs
+one writer task per connection that takes everything pending as frames (`Feed.take`) and
+sends them, so no client ever waits for another. Client messages go through
+`Feed.handle`, which answers by queueing replies on the same outbox.
+
+Every frame gets the connection's next `seq` when it is taken, so the numbers a client sees
+are consecutive in the order they were written to its socket.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamer.hub import POINT_FIELDS, Hub
+from streamer.metrics import Metrics
+from streamer.settings import Settings
+from streamer.ticks import MAX_SYMBOL
+
+PROTOCOL_VERSION = 1
+OPS = ("subscribe", "unsubscribe", "list", "resync", "ping")
+ERROR_CODES = (
+    "bad_json",
+    "not_object",
+    "unknown_op",
+    "bad_request",
+    "too_many_symbols",
+    "wildcard_disabled",
+    "rate_limited",
+)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one connection may do (`feed_*` settings)."""
+
+    max_symbols: int = 1000
+    max_frame: int = 65536  # bytes of one client message
+    rate: float = 20.0  # client messages a second (burst 2x)
+    queue: int = 5000  # forecasts queued before conflation
+    heartbeat_s: float = 1.0
+    slow_close_s: float = 5.0
+    wildcard: bool = True
+    max_connections: int = 2000
+
+    @classmethod
+    def of(cls, s: Settings) -> Limits:
+        return cls(
+            max_symbols=s.feed_max_symbols,
+            max_frame=s.feed_max_frame,
+            rate=s.feed_rate,
+            queue=s.feed_queue,
+            heartbeat_s=s.feed_heartbeat_s,
+            slow_close_s=s.feed_slow_close_s,
+            wildcard=s.feed_wildcard,
+            max_connections=s.feed_max_connections,
+        )
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "max_symbols": self.max_symbols,
+            "max_frame": self.max_frame,
+            "rate": self.rate,
+            "queue": self.queue,
+            "slow_close_s": self.slow_close_s,
+            "wildcard": self.wildcard,
+        }
+
+
+class Outbox:
+    """One client's pending messages: control messages (acks, snapshots, heartbeats, errors)
+    in order, then forecasts. Forecasts beyond `limit` are conflated to the latest per
+    symbol, and the count replaced is reported in the next update."""
+
+    def __init__(self, limit: int) -> None:
+        self.seq = 0
+        self.control: list[tuple[str, bytes]] = []  # (type, JSON body without braces/seq)
+        self.syms: list[str] = []
+        self.vals: list[bytes] = []
+        self.conflated = 0  # replaced since the last update frame
+        self.since = 0.0  # perf_counter of the oldest pending forecast
+        self._base = limit
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self.control) + len(self.vals)
+
+    def push(self, kind: str, body: bytes) -> None:
+        self.control.append((kind, body))
+
+    def add(self, symbol: str, value: bytes) -> None:
+        if not self.vals:
+            self.since = time.perf_counter()
+        self.syms.append(symbol)
+        self.vals.append(value)
+        if len(self.vals) > self._limit:
+            self._conflate()
+
+    def extend(self, symbols: list[str], values: list[bytes]) -> None:
+        if not self.vals:
+            self.since = time.perf_counter()
+        self.syms += symbols
+        self.vals += values
+        if len(self.vals) > self._limit:
+            self._conflate()
+
+    def _conflate(self) -> None:
+        latest = dict(zip(self.syms, self.vals, strict=True))
+        self.conflated += len(self.vals) - len(latest)
+        self.syms, self.vals = list(latest), list(latest.values())
+        # Amortised O(1) per add even when one client follows more symbols than the limit.
+        self._limit = max(self._base, 2 * len(self.vals))
+
+    def drop(self, symbols: set[str] | None) -> None:
+        """Forget pending forecasts of `symbols` (None: all)."""
+        if symbols is None:
+            self.syms, self.vals = [], []
+        elif self.vals:
+            kept = [(s, v) for s, v in zip(self.syms, self.vals, strict=True) if s not in symbols]
+            self.syms, self.vals = [s for s, _ in kept], [v for _, v in kept]
+
+    def take(self) -> tuple[list[bytes], list[str], int, int, float]:
+        """Everything pending as frames with their seq: `(frames, kinds, forecasts,
+        conflated, since)`; forecasts go out as one `update` frame, after the control
+        messages."""
+        frames, kinds = [], []
+        for kind, body in self.control:
+            self.seq += 1
+            frames.append(b'{"seq":%d,%b}' % (self.seq, body))
+            kinds.append(kind)
+        self.control = []
+        n, conflated = len(self.vals), self.conflated
+        if n:
+            self.seq += 1
+            extra = b',"conflated":%d' % conflated if conflated else b""
+            frames.append(
+                b'{"seq":%d,"type":"update","forecasts":[%b]%b}'
+                % (self.seq, b",".join(self.vals), extra)
+            )
+            kinds.append("update")
+            self.syms, self.vals, self.conflated = [], [], 0
+            self._limit = self._base
+        return frames, kinds, n, conflated, self.since
+
+
+class Client:
+    """One connection's subscriptions, outbox and rate limit."""
+
+    def __init__(self, cid: int, limits: Limits, notify: Callable[[], None], now: float) -> None:
+        self.id = cid
+        self.outbox = Outbox(limits.queue)
+        self.symbols: set[str] = set()
+        self.wildcard = False
+        self.notify = notify
+        self.blocked_since: float | None = None  # set by the shell while a send waits
+        self._rate = limits.rate
+        self._burst = 2 * limits.rate
+        self._tokens = self._burst
+        self._last = now
+
+    def allow(self, now: float) -> bool:
+        """Token bucket: `rate` messages a second, bursts of 2x."""
+        self._tokens = min(self._burst, self._tokens + (now - self._last) * self._rate)
+        self._last = now
+        if self._tokens < 1:
+            return False
+        self._tokens -= 1
+        return True
+
+
+class Feed:
+    """Subscriptions and messages of every connection (see the module docstring)."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        limits: Limits,
+        status: Callable[[], dict[str, Any]] | None = None,
+        metrics: Metrics | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.hub = hub
+        self.limits = limits
+        self.status = status or dict
+        self.metrics = metrics
+        self.clock = clock
+        self.clients: dict[int, Client] = {}
+        self._by_symbol: dict[str, set[Client]] = {}
+        self._wild: set[Client] = set()
+        self._next_id = 0
+        # Plain counters on the hot path; folded into Prometheus once a heartbeat.
+        self.sent: dict[str, int] = {}
+        self.deliveries = 0
+        self.conflated = 0
+        self.errors: dict[str, int] = {}
+        self._flushed: dict[str, Any] = {"sent": {}, "deliveries": 0, "conflated": 0}
+        self._unsubscribe_hub = hub.subscribe(self._on_publish)
+
+    def close(self) -> None:
+        self._unsubscribe_hub()
+
+    # ------------------------------------------------------------------ connections
+    def connect(self, notify: Callable[[], None]) -> Client:
+        """A new connection: its client, with `hello` queued."""
+        self._next_id += 1
+        c = Client(self._next_id, self.limits, notify, self.clock())
+        self.clients[c.id] = c
+        hello = {
+            "type": "hello",
+            "version": PROTOCOL_VERSION,
+            "heartbeat_interval": self.limits.heartbeat_s,
+            "history": self.hub.history.n,
+            "limits": self.limits.public(),
+        }
+        self._push(c, "hello", hello)
+        self._gauges()
+        return c
+
+    def disconnect(self, c: Client) -> None:
+        self.clients.pop(c.id, None)
+        self._unindex(c, set(c.symbols))
+        self._wild.discard(c)
+        self._gauges()
+
+    def take(self, c: Client) -> list[bytes]:
+        """Frames to send to `c` now (everything pending)."""
+        frames, kinds, n, conflated, since = c.outbox.take()
+        for k in kinds:
+            self.sent[k] = self.sent.get(k, 0) + 1
+        if n:
+            self.deliveries += n
+            self.conflated += conflated
+            if self.metrics is not None:
+                self.metrics.feed_send.observe(time.perf_counter() - since)
+        return frames
+
+    def heartbeat(self) -> list[Client]:
+        """Queue a heartbeat on every connection; returns the clients to close as slow (a
+        send blocked longer than `slow_close_s`)."""
+        now = self.clock()
+        stats = {**self.status(), "connections": len(self.clients)}
+        body = _body("heartbeat", {"time": int(time.time() * 1000), "stats": stats})
+        slow = []
+        for c in self.clients.values():
+            if c.blocked_since is not None and now - c.blocked_since > self.limits.slow_close_s:
+                slow.append(c)
+            elif c.blocked_since is None:  # a blocked client's heartbeat would only queue
+                c.outbox.push("heartbeat", body)
+                c.notify()
+        self._flush_metrics()
+        return slow
+
+    # ------------------------------------------------------------------ fan-out
+    def _on_publish(self, symbols: list[str], values: list[bytes]) -> None:
+        touched: set[Client] = set()
+        if self._by_symbol:
+            index = self._by_symbol
+            for s, v in zip(symbols, values, strict=True):
+                subs = index.get(s)
+                if subs:
+                    for c in subs:
+                        c.outbox.add(s, v)
+                    touched |= subs
+        for c in self._wild:
+            c.outbox.extend(symbols, values)
+            touched.add(c)
+        for c in touched:
+            c.notify()
+
+    # ------------------------------------------------------------------ client messages
+    def handle(self, c: Client, message: str | bytes) -> None:
+        """Act on one client message; replies are queued on its outbox."""
+        try:
+            if not c.allow(self.clock()):
+                self._error(c, None, "rate_limited", f"more than {self.limits.rate:g} messages/s")
+                return
+            if isinstance(message, bytes):
+                self._error(c, None, "bad_json", "binary frames are not accepted; send JSON text")
+                return
+            try:
+                msg = orjson.loads(message)
+            except orjson.JSONDecodeError as e:
+                self._error(c, None, "bad_json", f"not JSON: {e}")
+                return
+            if not isinstance(msg, dict):
+                self._error(c, None, "not_object", "a message is a JSON object with an 'op'")
+                return
+            rid = msg.get("id")
+            op = msg.get("op")
+            if op not in OPS:
+                self._error(c, rid, "unknown_op", f"unknown op {op!r}; ops: {', '.join(OPS)}")
+                return
+            getattr(self, "_op_" + op)(c, msg, rid)
+        finally:
+            if len(c.outbox):
+                c.notify()
+
+    def _op_subscribe(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
+        symbols = self._symbols(c, msg, rid)
+        if symbols is None:
+            return
+        if symbols == "*":
+            if not self.limits.wildcard:
+                self._error(c, rid, "wildcard_disabled", "subscribing to '*' is disabled")
+                return
+            self._unindex(c, set(c.symbols))
+            c.symbols.clear()
+            c.wildcard = True
+            self._wild.add(c)
+            self._ack(c, "subscribe", rid, "*")
+            self._snapshots(c, sorted(self.hub.latest), None)
+        else:
+            new = [s for s in symbols if s not in c.symbols]
+            if not c.wildcard and len(c.symbols) + len(new) > self.limits.max_symbols:
+                self._error(
+                    c, rid, "too_many_symbols",
+                    f"{len(c.symbols)} subscribed + {len(new)} new > {self.limits.max_symbols}",
+                )  # fmt: skip
+                return
+            if not c.wildcard:
+                c.symbols.update(new)
+                for s in new:
+                    self._by_symbol.setdefault(s, set()).add(c)
+            self._ack(c, "subscribe", rid, symbols)
+            self._snapshots(c, symbols, set(symbols))
+        self._gauges()
+
+    def _op_unsubscribe(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
+        symbols = self._symbols(c, msg, rid)
+        if symbols is None:
+            return
+        if symbols == "*":
+            self._wild.discard(c)
+            c.wildcard = False
+            self._unindex(c, set(c.symbols))
+            c.symbols.clear()
+            c.outbox.drop(None)
+        else:
+            gone = set(symbols) & c.symbols
+            self._unindex(c, gone)
+            c.symbols -= gone
+            if not c.wildcard:
+                c.outbox.drop(set(symbols))
+        self._ack(c, "unsubscribe", rid, symbols)
+        self._gauges()
+
+    def _op_list(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
+        self._ack(c, "list", rid, sorted(self.hub.latest))
+
+    def _op_resync(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
+        if c.wildcard:
+            self._ack(c, "resync", rid, "*")
+            self._snapshots(c, sorted(self.hub.latest), None)
+        else:
+            symbols = sorted(c.symbols)
+            self._ack(c, "resync", rid, symbols)
+            self._snapshots(c, symbols, set(symbols))
+
+    def _op_ping(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
+        self._push(c, "pong", {"type": "pong", "id": rid, "time": int(time.time() * 1000)})
+
+    # ------------------------------------------------------------------ helpers
+    def _symbols(self, c: Client, msg: dict[str, Any], rid: Any) -> list[str] | str | None:
+        """The request's `symbols` ("*" or a de-duplicated list), or None after an error."""
+        symbols = msg.get("symbols")
+        if symbols == "*":
+            return "*"
+        if not isinstance(symbols, list) or not all(
+            isinstance(s, str) and 0 < len(s) <= MAX_SYMBOL for s in symbols
+        ):
+            self._error(
+                c, rid, "bad_request",
+                f"'symbols' must be \"*\" or a list of 1..{MAX_SYMBOL} character strings",
+            )  # fmt: skip
+            return None
+        return list(dict.fromkeys(symbols))
+
+    def _snapshots(self, c: Client, symbols: Iterable[str], only: set[str] | None) -> None:
+        """Queue a snapshot per symbol; pending updates of those symbols are dropped (the
+        snapshot holds them) so nothing older follows a snapshot."""
+        c.outbox.drop(only)
+        for s in symbols:
+            c.outbox.push("snapshot", self.snapshot(s))
+
+    def snapshot(self, symbol: str) -> bytes:
+        """The body of `symbol`'s snapshot message: latest forecast and history."""
+        pts = self.hub.history.get(symbol)
+        hist = {name: np.ascontiguousarray(pts[:, i]) for i, name in enumerate(POINT_FIELDS)}
+        hist["ts"] = pts[:, 0].astype(np.int64)
+        latest = self.hub.latest.get(symbol, b"null")
+        return b'"type":"snapshot","symbol":%b,"forecast":%b,"history":%b' % (
+            orjson.dumps(symbol),
+            latest,
+            orjson.dumps(hist, option=orjson.OPT_SERIALIZE_NUMPY),
+        )
+
+    def _ack(self, c: Client, op: str, rid: Any, symbols: list[str] | str) -> None:
+        self._push(c, "ack", {"type": "ack", "op": op, "id": rid, "symbols": symbols})
+
+    def _error(self, c: Client, rid: Any, code: str, message: str) -> None:
+        self.errors[code] = self.errors.get(code, 0) + 1
+        if self.metrics is not None:
+            self.metrics.feed_errors.labels(code).inc()
+        self._push(c, "error", {"type": "error", "id": rid, "code": code, "message": message})
+
+    def _push(self, c: Client, kind: str, message: dict[str, Any]) -> None:
+        c.outbox.push(kind, _body(kind, message))
+
+    def _unindex(self, c: Client, symbols: set[str]) -> None:
+        for s in symbols:
+            subs = self._by_symbol.get(s)
+            if subs is not None:
+                subs.discard(c)
+                if not subs:
+                    del self._by_symbol[s]
+
+    def _gauges(self) -> None:
+        if self.metrics is not None:
+            self.metrics.feed_connections.set(len(self.clients))
+            self.metrics.feed_subscriptions.set(
+                sum(len(c.symbols) for c in self.clients.values()) + len(self._wild)
+            )
+
+    def _flush_metrics(self) -> None:
+        m, last = self.metrics, self._flushed
+        if m is None:
+            return
+        for kind, n in self.sent.items():
+            m.feed_messages.labels(kind).inc(n - last["sent"].get(kind, 0))
+        m.feed_deliveries.inc(self.deliveries - last["deliveries"])
+        m.feed_conflated.inc(self.conflated - last["conflated"])
+        self._flushed = {
+            "sent": dict(self.sent),
+            "deliveries": self.deliveries,
+            "conflated": self.conflated,
+        }
+
+
+def _body(kind: str, message: dict[str, Any]) -> bytes:
+    """A message as JSON without its braces, so `take` can put `seq` first."""
+    if "type" not in message:
+        message = {"type": kind, **message}
+    return orjson.dumps(message)[1:-1]
