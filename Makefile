@@ -3,8 +3,10 @@ PY      ?= python3.11
 VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
+CHROMIUM ?= /usr/bin/chromium
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup run test test-fast lint typecheck bench bench-stream kafka-up kafka-down bundle-models bundle-data clean kafka-jars
+.PHONY: help setup run report test test-fast lint typecheck bench bench-stream bench-fanout kafka-up kafka-down bundle-models bundle-data clean kafka-jars browser dashboard-shot
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -18,13 +20,22 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install tickcast with its dev tools
 
-run: $(STAMP)  ## the main job on its embedded default (bundled data, bundled models)
+run: $(STAMP) kafka-jars  ## the main job: local broker, replay of bundled data, serve, dashboard
 	$(BIN)/tickcast run
+
+report: $(STAMP)  ## evaluate every bundled model on its bundled data (tables, plots in ./out)
+	$(BIN)/tickcast report
+
+browser:  ## Debian's Chromium for the dashboard test (apt-get when missing)
+	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
+
+dashboard-shot: $(STAMP) kafka-jars browser  ## browser test, saving bench/results/dashboard.png
+	TICKCAST_SAVE_SCREENSHOT=1 $(BIN)/pytest tests/streamer/test_dashboard.py
 
 kafka-jars: $(STAMP)  ## fetch the pinned Kafka broker's jars with Maven (once; see deploy/kafka)
 	$(BIN)/python -c 'from streamer.kafka_local import ensure_jars; ensure_jars(quiet=False)'
 
-test: $(STAMP) kafka-jars  ## lint, type-check and the whole test suite (what CI runs)
+test: $(STAMP) kafka-jars browser  ## lint, type-check and the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
@@ -45,6 +56,9 @@ bench: $(STAMP)  ## per-tick cost table (installs the bench extra: keras, torch)
 
 bench-stream: $(STAMP) kafka-jars  ## the stream through a real Kafka broker: ticks/s and latency
 	$(BIN)/python bench/stream_bench.py
+
+bench-fanout: $(STAMP)  ## websocket fan-out: deliveries/s and latency to 100 and 1,000 clients
+	$(BIN)/python bench/fanout_bench.py
 
 kafka-up: $(STAMP) kafka-jars  ## a local Kafka broker on 127.0.0.1:9092 (detached)
 	$(BIN)/tickcast kafka up

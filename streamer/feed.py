@@ -223,6 +223,7 @@ class Feed:
         }
         self._push(c, "hello", hello)
         self._gauges()
+        notify()
         return c
 
     def disconnect(self, c: Client) -> None:

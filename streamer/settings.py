@@ -50,6 +50,7 @@ class Settings:
     feed_rate: float = 20.0
     feed_queue: int = 5000
     feed_slow_close_s: float = 5.0
+    feed_buffer_bytes: int = 262144
     feed_history: int = 120
     feed_heartbeat_s: float = 1.0
     feed_wildcard: bool = True
@@ -91,6 +92,8 @@ HELP: dict[str, str] = {
     "feed_rate": "client messages a second per connection (burst twice that)",
     "feed_queue": "forecasts queued per feed client before they are conflated",
     "feed_slow_close_s": "close a feed client (4001) whose socket accepts nothing this long",
+    "feed_buffer_bytes": "send buffer per feed client, in user space and again in the kernel "
+    "(a send waits beyond it; a client blocked feed_slow_close_s is closed)",
     "feed_history": "points of price and forecast history in each snapshot",
     "feed_heartbeat_s": "seconds between heartbeats on every feed connection",
     "feed_wildcard": 'allow subscribing to every symbol with "*"',

@@ -58,6 +58,8 @@ async def watch(
                 out.write(orjson.dumps(msg).decode() + "\n")
             if kind == "update":
                 for f in msg["forecasts"]:
+                    if count is not None and printed >= count:
+                        break
                     if not as_json:
                         out.write(line(f) + "\n")
                     printed += 1

@@ -8,7 +8,7 @@
   const KEEP = 300; // points kept per chart
   const LIST_EVERY_MS = 3000; // refresh of the symbol picker (the `list` op)
   const DEFAULT_PICKS = 4; // symbols subscribed on first load
-  const MAX_CHIPS = 120; // chips shown at once; the filter narrows the rest
+  const MAX_CHIPS = 60; // chips shown at once; the filter narrows the rest
   const LATENCY_WINDOW_MS = 5000;
 
   const params = new URLSearchParams(location.search);
@@ -62,11 +62,16 @@
     if (a === 0) return "0";
     return v.toPrecision(3);
   }
+  const fmtValue = (u, v) => fmtNum(v);
   const fmtErr = (v) => (v == null || !Number.isFinite(v) ? "–" : v.toPrecision(3));
-  const fmtRate = (v) =>
-    v == null || !Number.isFinite(v) ? "–" : v >= 100 ? Math.round(v).toLocaleString("en-US") : v.toFixed(1);
-  const fmtMs = (v) =>
-    v == null || !Number.isFinite(v) ? "–" : v >= 100 ? Math.round(v) + " ms" : v.toFixed(1) + " ms";
+  const fmtRate = (v) => {
+    if (v == null || !Number.isFinite(v)) return "–";
+    return v >= 100 ? Math.round(v).toLocaleString("en-US") : v.toFixed(1);
+  };
+  const fmtMs = (v) => {
+    if (v == null || !Number.isFinite(v)) return "–";
+    return (v >= 100 ? Math.round(v) : v.toFixed(1)) + " ms";
+  };
   const pad = (n, w = 2) => String(n).padStart(w, "0");
 
   // Tick timestamps (epoch ms, UTC): a date for daily data, a time of day otherwise.
@@ -167,21 +172,21 @@
               label: "tick",
               value: (u, v) => (v == null ? "–" : `#${v} ${self.tsLabel(v)}`),
             },
-            { label: "price", stroke: "#5aa9ff", width: 1.6, spanGaps: true, value: (u, v) => fmtNum(v) },
-            { label: "forecast", stroke: "#ffb454", width: 1.4, spanGaps: true, value: (u, v) => fmtNum(v) },
+            { label: "price", stroke: "#5aa9ff", width: 1.6, spanGaps: true, value: fmtValue },
+            { label: "forecast", stroke: "#ffb454", width: 1.4, spanGaps: true, value: fmtValue },
             {
               label: "lower 5%",
               stroke: "rgba(255,180,84,0.35)",
               width: 1,
               spanGaps: true,
-              value: (u, v) => fmtNum(v),
+              value: fmtValue,
             },
             {
               label: "upper 95%",
               stroke: "rgba(255,180,84,0.35)",
               width: 1,
               spanGaps: true,
-              value: (u, v) => fmtNum(v),
+              value: fmtValue,
             },
           ],
           bands: [{ series: [4, 3], fill: "rgba(255,180,84,0.16)" }],
@@ -224,14 +229,18 @@
       return fmtTs(this.ts[lo], this._step);
     }
 
+    columns() {
+      return [this.seq, this.ts, this.price, this.fc, this.lo, this.hi];
+    }
+
     clear() {
-      for (const a of [this.seq, this.ts, this.price, this.fc, this.lo, this.hi]) a.length = 0;
+      for (const a of this.columns()) a.length = 0;
     }
 
     trim() {
       const extra = this.seq.length - KEEP;
       if (extra > 0) {
-        for (const a of [this.seq, this.ts, this.price, this.fc, this.lo, this.hi]) a.splice(0, extra);
+        for (const a of this.columns()) a.splice(0, extra);
       }
     }
 
@@ -253,18 +262,23 @@
       // history[n-1] is the tick of `forecast` (its latest); if it is not, the forecast
       // is appended after the history.
       const included =
-        forecast != null && n > 0 && h.ts[n - 1] === forecast.ts && h.price[n - 1] === forecast.price;
+        forecast != null &&
+        n > 0 &&
+        h.ts[n - 1] === forecast.ts &&
+        h.price[n - 1] === forecast.price;
       const lastSeq = forecast == null ? n : included ? forecast.seq : forecast.seq - 1;
       const first = lastSeq - n + 1;
       const m = this.seq.length;
       let keep = 0;
       if (forecast != null && n > 0 && m > 0 && this.seq[m - 1] >= first - 1) {
         while (keep < m && this.seq[keep] < first) keep += 1;
-        if (keep < m && this.seq[keep] === first && this.ts[keep] !== h.ts[0]) keep = 0; // restarted
+        // the same seq at another time: the symbol restarted on the server
+        if (keep < m && this.seq[keep] === first && this.ts[keep] !== h.ts[0]) keep = 0;
       }
-      for (const a of [this.seq, this.ts, this.price, this.fc, this.lo, this.hi]) a.length = keep;
+      for (const a of this.columns()) a.length = keep;
       for (let k = 0; k < n; k++) {
-        this.append(lastSeq - (n - 1 - k), h.ts[k], h.price[k], h.forecast[k], h.lower[k], h.upper[k]);
+        const seq = lastSeq - (n - 1 - k);
+        this.append(seq, h.ts[k], h.price[k], h.forecast[k], h.lower[k], h.upper[k]);
       }
       if (forecast != null && !included) this.push(forecast, false);
       this.last = forecast;
@@ -335,7 +349,8 @@
         if (this.seq[k + 1] !== this.seq[k] + 1) continue;
         const next = this.price[k + 1];
         const fc = this.fc[k];
-        if (!Number.isFinite(next) || !Number.isFinite(fc) || !Number.isFinite(this.price[k])) continue;
+        const last = this.price[k];
+        if (!Number.isFinite(next) || !Number.isFinite(fc) || !Number.isFinite(last)) continue;
         se += (fc - next) ** 2;
         sp += (this.price[k] - next) ** 2;
         if (this.lo[k] <= next && next <= this.hi[k]) inside += 1;
@@ -365,7 +380,7 @@
       const parts = [];
       if (e) {
         const ratio = e.persistence > 0 ? e.model / e.persistence : null;
-        const r = el("b", ratio == null ? "" : ratio < 1 ? "good" : "bad", ratio == null ? "–" : ratio.toFixed(3));
+        const r = ratio == null ? "–" : el("b", ratio < 1 ? "good" : "bad", ratio.toFixed(3));
         parts.push(
           this.item("RMSE model", fmtErr(e.model)),
           this.item("persistence", fmtErr(e.persistence)),
@@ -453,6 +468,7 @@
     if (!ws || ws.readyState !== WebSocket.OPEN) return false;
     msg.id = nextId++;
     pending.set(msg.id, msg);
+    if (pending.size > 200) pending.delete(pending.keys().next().value); // unanswered
     ws.send(JSON.stringify(msg));
     return true;
   }
@@ -501,7 +517,8 @@
       T.subscribed = [];
       const why = CLOSES[ev.code] || `closed (${ev.code})`;
       const wait = ev.code === 1008 ? 10000 : backoff;
-      setConn("off", `${why}${ev.reason ? ": " + ev.reason : ""} — retrying in ${Math.round(wait / 1000)} s`);
+      const reason = ev.reason ? ": " + ev.reason : "";
+      setConn("off", `${why}${reason} — retrying in ${Math.round(wait / 1000)} s`);
       backoff = Math.min(backoff * 2, 10000);
       setTimeout(connect, wait);
     };
@@ -519,10 +536,18 @@
     renderLatency();
   }, 1000);
 
+  // At most one resync a second: one answers every gap before it, and a later gap gets
+  // its own (deferred) resync.
+  let resyncTimer = null;
   function resync() {
-    const now = Date.now();
-    if (now - lastResync < 1000) return; // one resync answers every gap before it
-    lastResync = now;
+    const wait = lastResync + 1000 - Date.now();
+    if (wait > 0) {
+      if (!resyncTimer) resyncTimer = setTimeout(resync, wait);
+      return;
+    }
+    clearTimeout(resyncTimer);
+    resyncTimer = null;
+    lastResync = Date.now();
     T.resyncs += 1;
     send({ op: "resync" });
   }
@@ -586,8 +611,10 @@
     if (m.op === "list") {
       const syms = Array.isArray(m.symbols) ? m.symbols : [];
       T.symbols = syms;
-      if (auto && picked.size < DEFAULT_PICKS) {
-        const add = syms.filter((s) => !picked.has(s)).slice(0, DEFAULT_PICKS - picked.size);
+      const limit = (T.hello && T.hello.limits && T.hello.limits.max_symbols) || DEFAULT_PICKS;
+      const want = Math.min(DEFAULT_PICKS, limit);
+      if (auto && picked.size < want) {
+        const add = syms.filter((s) => !picked.has(s)).slice(0, want - picked.size);
         for (const s of add) setPicked(s, true, false);
         if (add.length) send({ op: "subscribe", symbols: add });
       }
@@ -635,17 +662,20 @@
 
   function renderStats(hb) {
     const s = hb.stats || {};
-    setText("s-model", s.model || "–");
+    setText("s-model", s.model || "–", "small");
+    $("s-model").title = s.model || "";
     setText("s-ticks", fmtRate(s.ticks_per_s));
     setText("s-fcs", fmtRate(s.forecasts_per_s));
     const lat = s.latency_ms || {};
-    setText("s-lat", lat.p50 == null && lat.max == null ? "–" : `${fmtMs(lat.p50)} / ${fmtMs(lat.max)}`);
+    const none = lat.p50 == null && lat.max == null;
+    setText("s-lat", none ? "–" : `${fmtMs(lat.p50)} / ${fmtMs(lat.max)}`);
     const r = s.rmse || {};
     if (r.model == null && r.persistence == null) {
       setText("s-rmse", "–");
     } else {
       const ratio = r.persistence > 0 && Number.isFinite(r.model) ? r.model / r.persistence : null;
-      const text = `${fmtErr(r.model)} / ${fmtErr(r.persistence)}` + (ratio == null ? "" : `  (×${ratio.toFixed(3)})`);
+      const both = `${fmtErr(r.model)} / ${fmtErr(r.persistence)}`;
+      const text = ratio == null ? both : `${both}  (×${ratio.toFixed(3)})`;
       setText("s-rmse", text, ratio == null ? "" : ratio < 1 ? "good" : "bad");
     }
     setText("s-symbols", s.symbols == null ? "–" : String(s.symbols));
@@ -660,7 +690,8 @@
     const cut = Date.now() - LATENCY_WINDOW_MS;
     while (latencies.length && latencies[0][0] < cut) latencies.shift();
     const xs = latencies.map((x) => x[1]);
-    setText("s-blat", xs.length ? `${fmtMs(quantile(xs, 0.5))} / ${fmtMs(Math.max(...xs))}` : "–");
+    const text = xs.length ? `${fmtMs(quantile(xs, 0.5))} / ${fmtMs(Math.max(...xs))}` : "–";
+    setText("s-blat", text);
   }
 
   // ---------------------------------------------------------------- the symbol picker

@@ -90,6 +90,7 @@ def test_outbox_merges_forecasts_and_conflates_beyond_its_limit() -> None:
 def test_hello_subscribe_snapshot_then_updates(hub: Hub, feed: Feed) -> None:
     publish(hub, [("A", 1), ("A", 2), ("B", 1)])
     c = Conn(feed)
+    assert c.woken == 1  # the writer sends the hello at once
     (hello,) = c.recv()
     assert hello["type"] == "hello" and hello["version"] == 1 and hello["history"] == 4
     c.send({"op": "subscribe", "id": 7, "symbols": ["A", "NEW"]})
