@@ -166,6 +166,7 @@ class FeedServer:
 
     async def _writer(self, ws: ServerConnection, client: Client, wake: asyncio.Event) -> None:
         loop = asyncio.get_running_loop()
+        pause = self.settings.feed_flush_ms / 1000
         while True:
             await wake.wait()
             wake.clear()
@@ -173,6 +174,8 @@ class FeedServer:
                 client.blocked_since = loop.time()
                 await ws.send(frame, text=True)
             client.blocked_since = None
+            if pause:
+                await asyncio.sleep(pause)
 
     async def _beat(self) -> None:
         while True:
