@@ -148,7 +148,7 @@ async def run_cell(args: argparse.Namespace, n_clients: int) -> dict[str, Any]:
     subs = [rng.sample(universe, args.per_client) for _ in range(n_clients)]
     settings = replace(
         Settings(), feed_port=free_port(), feed_max_connections=n_clients + 10,
-        feed_max_symbols=max(args.per_client, 1000), feed_flush_ms=args.flush_ms,
+        feed_max_symbols=max(args.per_client, 1000), feed_frame_rate=args.frame_rate,
     )  # fmt: skip
     hub = Hub(history=10)
     feed = FeedServer(settings, hub)
@@ -224,8 +224,8 @@ def main() -> None:
     ap.add_argument("--universe", type=int, default=500, help="symbols published")
     ap.add_argument("--per-client", type=int, default=10, help="symbols each client follows")
     ap.add_argument("--batch-ms", type=float, default=10.0, help="interval of published batches")
-    ap.add_argument("--flush-ms", type=float, default=Settings().feed_flush_ms,
-                    help="feed_flush_ms of the server (default: its default)")  # fmt: skip
+    ap.add_argument("--frame-rate", type=float, default=Settings().feed_frame_rate,
+                    help="feed_frame_rate of the server (default: its default)")  # fmt: skip
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     try:
@@ -246,7 +246,7 @@ def main() -> None:
           f"Python {platform.python_version()}, {loop_name})\n")  # fmt: skip
     print(f"{args.rate:,.0f} forecasts/s published over {args.universe} symbols in "
           f"{args.batch_ms:g} ms batches; each client follows {args.per_client} random "
-          f"symbols; feed_flush_ms {args.flush_ms:g}; {args.seconds:g} s measured after "
+          f"symbols; feed_frame_rate {args.frame_rate:g}/s; {args.seconds:g} s measured after "
           f"{args.warm:g} s.\n")  # fmt: skip
     print("| clients | published/s | deliveries/s | frames/s | p50 ms | p99 ms | max ms "
           "| conflated | closed | server CPU | clients CPU |")  # fmt: skip

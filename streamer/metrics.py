@@ -131,7 +131,7 @@ class Metrics:
             ["reason"],
             registry=r,
         )
-        for reason in ("slow", "unauthorized", "max_connections", "shutdown"):
+        for reason in ("slow", "unauthorized", "max_connections"):
             self.feed_closed.labels(reason)
         self.feed_errors = Counter(
             "tickcast_feed_errors", "Error replies to feed clients", ["code"], registry=r

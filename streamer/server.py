@@ -165,17 +165,26 @@ class FeedServer:
         return hmac.compare_digest(given.encode(), token.encode())
 
     async def _writer(self, ws: ServerConnection, client: Client, wake: asyncio.Event) -> None:
+        """Send whatever the client's outbox holds, as it fills, at most `feed_frame_rate`
+        times a second: a frame goes out at once if the previous one left at least 1/rate
+        ago, otherwise when that time comes, carrying everything published meanwhile. (A
+        burst allowance made every paced client wake in step after any pause: p99 at 1,000
+        clients went from 52 to 105-187 ms.)"""
         loop = asyncio.get_running_loop()
-        pause = self.settings.feed_flush_ms / 1000
+        rate = self.settings.feed_frame_rate
+        gap = 1 / rate if rate > 0 else 0.0
+        last = -gap
         while True:
             await wake.wait()
+            wait = last + gap - loop.time()
+            if wait > 0:
+                await asyncio.sleep(wait)
             wake.clear()
+            last = loop.time()
             for frame in self.feed.take(client):
                 client.blocked_since = loop.time()
                 await ws.send(frame, text=True)
             client.blocked_since = None
-            if pause:
-                await asyncio.sleep(pause)
 
     async def _beat(self) -> None:
         while True:

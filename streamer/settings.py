@@ -51,7 +51,7 @@ class Settings:
     feed_queue: int = 5000
     feed_slow_close_s: float = 5.0
     feed_buffer_bytes: int = 262144
-    feed_flush_ms: float = 50.0
+    feed_frame_rate: float = 20.0
     feed_history: int = 120
     feed_heartbeat_s: float = 1.0
     feed_wildcard: bool = True
@@ -95,8 +95,8 @@ HELP: dict[str, str] = {
     "feed_slow_close_s": "close a feed client (4001) whose socket accepts nothing this long",
     "feed_buffer_bytes": "send buffer per feed client, in user space and again in the kernel "
     "(a send waits beyond it; a client blocked feed_slow_close_s is closed)",
-    "feed_flush_ms": "least time between two update frames to one client; forecasts published "
-    "in between are merged into the next frame (0: send as soon as published)",
+    "feed_frame_rate": "most frames a second to one feed client; forecasts published faster "
+    "are merged into the next frame (0: no limit)",
     "feed_history": "points of price and forecast history in each snapshot",
     "feed_heartbeat_s": "seconds between heartbeats on every feed connection",
     "feed_wildcard": 'allow subscribing to every symbol with "*"',
