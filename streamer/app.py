@@ -632,9 +632,7 @@ async def serving(
     from streamer.server import FeedServer
 
     stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    on_signals(stop)
     metrics = Metrics()
     http = (
         serve_http(metrics, settings.metrics_host, settings.metrics_port)
@@ -682,9 +680,25 @@ async def serving(
             close_http(http)
 
 
+def on_signals(stop: asyncio.Event) -> None:
+    """SIGTERM/SIGINT set `stop` (a graceful stop); a second one cancels the running task,
+    so its `finally` blocks still run (a broker it started is stopped) without waiting."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.current_task()
+
+    def handler() -> None:
+        if stop.is_set() and task is not None:
+            log.warning("second signal: stopping now")
+            task.cancel()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, handler)
+
+
 def run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> int:
     """Run `main` on uvloop when asked for and installed (lower fan-out latency), with the
-    JAX compile cache on; returns 0."""
+    JAX compile cache on; returns 0, or 130 when a second signal cut it short."""
     from model.runtime import enable_compile_cache
 
     enable_compile_cache()
@@ -697,5 +711,8 @@ def run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> int:
         except ImportError:
             log.info("uvloop is not installed; using asyncio's event loop")
     with asyncio.Runner(loop_factory=factory) as runner:
-        runner.run(main)
+        try:
+            runner.run(main)
+        except asyncio.CancelledError:  # a second Ctrl-C: stopped without the graceful part
+            return 130
     return 0

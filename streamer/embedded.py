@@ -21,7 +21,7 @@ from pathlib import Path
 from model.checkpoint import Predictor
 from model.data import load
 from streamer import replay
-from streamer.app import ensure_topics, serving
+from streamer.app import ensure_topics, on_signals, serving
 from streamer.kafka_local import LocalBroker, ensure_jars, free_port
 from streamer.server import FeedServer
 from streamer.settings import Settings
@@ -41,15 +41,19 @@ async def embedded(
 ) -> None:
     """Broker, replay of `data` at `rate` ticks/s (`passes` times; None: forever), server
     and feed, until `stop` is set or SIGTERM/SIGINT."""
+    stop = stop or asyncio.Event()
+    on_signals(stop)  # from the start: Ctrl-C while the broker starts still cleans up
     series = load(data)
     workdir = Path(tempfile.mkdtemp(prefix="tickcast-run-"))
     broker = LocalBroker(workdir / "kafka", port=free_port())
-    say(f"starting a local Kafka broker in {workdir} ...")
-    await asyncio.to_thread(ensure_jars)
-    await asyncio.to_thread(broker.start)
-    settings = replace(settings, kafka_bootstrap=broker.bootstrap, replication=1)
     feeder: asyncio.Task[replay.ReplayResult] | None = None
     try:
+        say(f"starting a local Kafka broker in {workdir} ...")
+        await asyncio.to_thread(ensure_jars)
+        await asyncio.to_thread(broker.start)
+        if stop.is_set():
+            return
+        settings = replace(settings, kafka_bootstrap=broker.bootstrap, replication=1)
         await ensure_topics(settings)
         symbols = ", ".join(s.symbol for s in series)
         feeder = asyncio.create_task(

@@ -13,7 +13,9 @@ are consecutive in the order they were written to its socket.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -26,6 +28,8 @@ from streamer.metrics import Metrics
 from streamer.settings import Settings
 from streamer.ticks import MAX_SYMBOL
 
+log = logging.getLogger(__name__)
+
 PROTOCOL_VERSION = 1
 OPS = ("subscribe", "unsubscribe", "list", "resync", "ping")
 ERROR_CODES = (
@@ -36,6 +40,7 @@ ERROR_CODES = (
     "too_many_symbols",
     "wildcard_disabled",
     "rate_limited",
+    "internal_error",
 )
 
 
@@ -76,14 +81,23 @@ class Limits:
         }
 
 
+SNAPSHOT_CHUNK = 64  # snapshots built per take: bounds one take's memory and loop time
+CONTROL_LIMIT = 1000  # queued control messages beyond which a client counts as too slow
+
+
 class Outbox:
     """One client's pending messages: control messages (acks, snapshots, heartbeats, errors)
     in order, then forecasts. Forecasts beyond `limit` are conflated to the latest per
-    symbol, and the count replaced is reported in the next update."""
+    symbol, and the count replaced is reported in the next update.
+
+    A snapshot is queued as its symbol only and built when taken, so it is always current
+    and a symbol has at most one snapshot queued however often a client resyncs."""
 
     def __init__(self, limit: int) -> None:
         self.seq = 0
-        self.control: list[tuple[str, bytes]] = []  # (type, JSON body without braces/seq)
+        # (type, JSON body without braces and seq), or ("snapshot", symbol)
+        self.control: deque[tuple[str, bytes | str]] = deque()
+        self.snapshots: set[str] = set()  # symbols with a snapshot queued
         self.syms: list[str] = []
         self.vals: list[bytes] = []
         self.conflated = 0  # replaced since the last update frame
@@ -96,6 +110,11 @@ class Outbox:
 
     def push(self, kind: str, body: bytes) -> None:
         self.control.append((kind, body))
+
+    def push_snapshot(self, symbol: str) -> None:
+        if symbol not in self.snapshots:
+            self.snapshots.add(symbol)
+            self.control.append(("snapshot", symbol))
 
     def add(self, symbol: str, value: bytes) -> None:
         if not self.vals:
@@ -128,18 +147,31 @@ class Outbox:
             kept = [(s, v) for s, v in zip(self.syms, self.vals, strict=True) if s not in symbols]
             self.syms, self.vals = [s for s, _ in kept], [v for _, v in kept]
 
-    def take(self) -> tuple[list[bytes], list[str], int, int, float]:
-        """Everything pending as frames with their seq: `(frames, kinds, forecasts,
-        conflated, since)`; forecasts go out as one `update` frame, after the control
-        messages."""
+    def take(
+        self, build: Callable[[str], bytes] = lambda s: b'"type":"snapshot"'
+    ) -> tuple[list[bytes], list[str], int, int, float]:
+        """Pending messages as frames with their seq: `(frames, kinds, forecasts, conflated,
+        since)`. Control messages first, in order, building at most `SNAPSHOT_CHUNK`
+        snapshots with `build(symbol)`; then, once no control message is left, the forecasts
+        as one `update` frame. A symbol's pending forecasts are dropped when its snapshot is
+        built (the snapshot holds them), so nothing older follows a snapshot."""
         frames, kinds = [], []
-        for kind, body in self.control:
+        built: set[str] = set()
+        while self.control and len(built) < SNAPSHOT_CHUNK:
+            kind, body = self.control.popleft()
+            if kind == "snapshot":
+                assert isinstance(body, str)
+                self.snapshots.discard(body)
+                built.add(body)
+                body = build(body)
+            assert isinstance(body, bytes)
             self.seq += 1
             frames.append(b'{"seq":%d,%b}' % (self.seq, body))
             kinds.append(kind)
-        self.control = []
+        if built:
+            self.drop(built)
         n, conflated = len(self.vals), self.conflated
-        if n:
+        if n and not self.control:
             self.seq += 1
             extra = b',"conflated":%d' % conflated if conflated else b""
             frames.append(
@@ -149,6 +181,8 @@ class Outbox:
             kinds.append("update")
             self.syms, self.vals, self.conflated = [], [], 0
             self._limit = self._base
+        else:
+            n = conflated = 0
         return frames, kinds, n, conflated, self.since
 
 
@@ -162,6 +196,8 @@ class Client:
         self.wildcard = False
         self.notify = notify
         self.blocked_since: float | None = None  # set by the shell while a send waits
+        self.dropped = 0  # messages ignored by the rate limit
+        self.rate_error_at = -1e9
         self._rate = limits.rate
         self._burst = 2 * limits.rate
         self._tokens = self._burst
@@ -196,6 +232,7 @@ class Feed:
         self.clients: dict[int, Client] = {}
         self._by_symbol: dict[str, set[Client]] = {}
         self._wild: set[Client] = set()
+        self._n_subs = 0  # symbol subscriptions over all clients (the gauge)
         self._next_id = 0
         # Plain counters on the hot path; folded into Prometheus once a heartbeat.
         self.sent: dict[str, int] = {}
@@ -232,27 +269,36 @@ class Feed:
         self._wild.discard(c)
         self._gauges()
 
-    def take(self, c: Client) -> list[bytes]:
-        """Frames to send to `c` now (everything pending)."""
-        frames, kinds, n, conflated, since = c.outbox.take()
+    def take(self, c: Client) -> tuple[list[bytes], float | None]:
+        """Frames to send to `c` now, and the perf_counter time its oldest forecast in them
+        was published (None: no update frame). Call again while `c.outbox` is not empty
+        (snapshots are built a chunk at a time)."""
+        frames, kinds, n, conflated, since = c.outbox.take(self.snapshot)
         for k in kinds:
             self.sent[k] = self.sent.get(k, 0) + 1
         if n:
             self.deliveries += n
             self.conflated += conflated
-            if self.metrics is not None:
-                self.metrics.feed_send.observe(time.perf_counter() - since)
-        return frames
+        return frames, since if n else None
+
+    def sent_after(self, since: float) -> None:
+        """An update frame holding forecasts published at `since` has been written."""
+        if self.metrics is not None:
+            self.metrics.feed_send.observe(time.perf_counter() - since)
 
     def heartbeat(self) -> list[Client]:
-        """Queue a heartbeat on every connection; returns the clients to close as slow (a
-        send blocked longer than `slow_close_s`)."""
+        """Queue a heartbeat on every connection; returns the clients to close as slow: a
+        send blocked longer than `slow_close_s`, or more than `CONTROL_LIMIT` control
+        messages waiting."""
         now = self.clock()
         stats = {**self.status(), "connections": len(self.clients)}
         body = _body("heartbeat", {"time": int(time.time() * 1000), "stats": stats})
         slow = []
         for c in self.clients.values():
-            if c.blocked_since is not None and now - c.blocked_since > self.limits.slow_close_s:
+            since = c.blocked_since
+            if (since is not None and now - since > self.limits.slow_close_s) or len(
+                c.outbox.control
+            ) > CONTROL_LIMIT:
                 slow.append(c)
             elif c.blocked_since is None:  # a blocked client's heartbeat would only queue
                 c.outbox.push("heartbeat", body)
@@ -281,8 +327,15 @@ class Feed:
     def handle(self, c: Client, message: str | bytes) -> None:
         """Act on one client message; replies are queued on its outbox."""
         try:
-            if not c.allow(self.clock()):
-                self._error(c, None, "rate_limited", f"more than {self.limits.rate:g} messages/s")
+            now = self.clock()
+            if not c.allow(now):
+                c.dropped += 1
+                if now - c.rate_error_at >= 1.0:  # one reply a second, not one per message
+                    c.rate_error_at = now
+                    self._error(
+                        c, None, "rate_limited",
+                        f"more than {self.limits.rate:g} messages/s; {c.dropped} ignored so far",
+                    )  # fmt: skip
                 return
             if isinstance(message, bytes):
                 self._error(c, None, "bad_json", "binary frames are not accepted; send JSON text")
@@ -296,11 +349,17 @@ class Feed:
                 self._error(c, None, "not_object", "a message is a JSON object with an 'op'")
                 return
             rid = msg.get("id")
+            if not _scalar_id(rid):
+                self._error(c, None, "bad_request", "'id' must be a string (≤ 256), number or null")
+                return
             op = msg.get("op")
             if op not in OPS:
                 self._error(c, rid, "unknown_op", f"unknown op {op!r}; ops: {', '.join(OPS)}")
                 return
             getattr(self, "_op_" + op)(c, msg, rid)
+        except Exception:  # a bug must cost this message, not the connection or the server
+            log.exception("feed: failed to handle a client message")
+            self._error(c, None, "internal_error", "the server failed to handle this message")
         finally:
             if len(c.outbox):
                 c.notify()
@@ -318,7 +377,7 @@ class Feed:
             c.wildcard = True
             self._wild.add(c)
             self._ack(c, "subscribe", rid, "*")
-            self._snapshots(c, sorted(self.hub.latest), None)
+            self._snapshots(c, sorted(self.hub.latest))
         else:
             new = [s for s in symbols if s not in c.symbols]
             if not c.wildcard and len(c.symbols) + len(new) > self.limits.max_symbols:
@@ -329,10 +388,11 @@ class Feed:
                 return
             if not c.wildcard:
                 c.symbols.update(new)
+                self._n_subs += len(new)
                 for s in new:
                     self._by_symbol.setdefault(s, set()).add(c)
             self._ack(c, "subscribe", rid, symbols)
-            self._snapshots(c, symbols, set(symbols))
+            self._snapshots(c, symbols)
         self._gauges()
 
     def _op_unsubscribe(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
@@ -360,11 +420,11 @@ class Feed:
     def _op_resync(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
         if c.wildcard:
             self._ack(c, "resync", rid, "*")
-            self._snapshots(c, sorted(self.hub.latest), None)
+            self._snapshots(c, sorted(self.hub.latest))
         else:
             symbols = sorted(c.symbols)
             self._ack(c, "resync", rid, symbols)
-            self._snapshots(c, symbols, set(symbols))
+            self._snapshots(c, symbols)
 
     def _op_ping(self, c: Client, msg: dict[str, Any], rid: Any) -> None:
         self._push(c, "pong", {"type": "pong", "id": rid, "time": int(time.time() * 1000)})
@@ -385,12 +445,10 @@ class Feed:
             return None
         return list(dict.fromkeys(symbols))
 
-    def _snapshots(self, c: Client, symbols: Iterable[str], only: set[str] | None) -> None:
-        """Queue a snapshot per symbol; pending updates of those symbols are dropped (the
-        snapshot holds them) so nothing older follows a snapshot."""
-        c.outbox.drop(only)
+    def _snapshots(self, c: Client, symbols: Iterable[str]) -> None:
+        """Queue a snapshot per symbol (built when taken, with the data of that moment)."""
         for s in symbols:
-            c.outbox.push("snapshot", self.snapshot(s))
+            c.outbox.push_snapshot(s)
 
     def snapshot(self, symbol: str) -> bytes:
         """The body of `symbol`'s snapshot message: latest forecast and history."""
@@ -417,6 +475,8 @@ class Feed:
         c.outbox.push(kind, _body(kind, message))
 
     def _unindex(self, c: Client, symbols: set[str]) -> None:
+        """Remove `c` from the index of `symbols` (a subset of `c.symbols`)."""
+        self._n_subs -= len(symbols)
         for s in symbols:
             subs = self._by_symbol.get(s)
             if subs is not None:
@@ -427,9 +487,7 @@ class Feed:
     def _gauges(self) -> None:
         if self.metrics is not None:
             self.metrics.feed_connections.set(len(self.clients))
-            self.metrics.feed_subscriptions.set(
-                sum(len(c.symbols) for c in self.clients.values()) + len(self._wild)
-            )
+            self.metrics.feed_subscriptions.set(self._n_subs + len(self._wild))
 
     def _flush_metrics(self) -> None:
         m, last = self.metrics, self._flushed
@@ -444,6 +502,12 @@ class Feed:
             "deliveries": self.deliveries,
             "conflated": self.conflated,
         }
+
+
+def _scalar_id(rid: Any) -> bool:
+    if isinstance(rid, str):
+        return len(rid) <= 256
+    return rid is None or isinstance(rid, bool | int | float)
 
 
 def _body(kind: str, message: dict[str, Any]) -> bytes:

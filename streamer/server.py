@@ -87,14 +87,19 @@ class FeedServer:
         log.info("feed on %s (dashboard http://%s:%d/)", self.url, s.feed_host, self.port)
 
     async def close(self) -> None:
-        """Stop accepting, close every connection with 1001, stop the heartbeat."""
+        """Stop accepting, close every connection with 1001 (cut off after 2 s if the
+        client reads nothing), stop the heartbeat."""
+        if self._server is not None:
+            self._server.close(close_connections=False)
+            await asyncio.gather(
+                *(_close(ws, 1001, "server shutting down") for ws in list(self._sockets.values()))
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 5.0)
         if self._heartbeat is not None:
             self._heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._heartbeat
-        if self._server is not None:
-            self._server.close(close_connections=True)
-            await self._server.wait_closed()
         for t in list(self._closers):
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await t
@@ -102,6 +107,12 @@ class FeedServer:
 
     # ------------------------------------------------------------------ HTTP
     def _http(self, connection: ServerConnection, request: Request) -> Response | None:
+        try:
+            return self._route(connection, request)
+        except (ValueError, LookupError, OSError):  # repeated headers, NUL bytes in paths...
+            return connection.respond(400, "bad request\n")
+
+    def _route(self, connection: ServerConnection, request: Request) -> Response | None:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return None  # the feed
         path = urlsplit(request.path).path
@@ -120,7 +131,11 @@ class FeedServer:
 
     # ------------------------------------------------------------------ websocket
     async def _connection(self, ws: ServerConnection) -> None:
-        if not self._authorized(ws.request):
+        try:
+            authorized = self._authorized(ws.request)
+        except (ValueError, LookupError):  # a repeated Authorization header
+            authorized = False
+        if not authorized:
             self._count_close("unauthorized")
             await ws.close(CLOSE_POLICY, "unauthorized: missing or wrong bearer token")
             return
@@ -162,7 +177,10 @@ class FeedServer:
             given = auth[7:].strip()
         else:
             given = parse_qs(urlsplit(request.path).query).get("token", [""])[0]
-        return hmac.compare_digest(given.encode(), token.encode())
+        # surrogateescape: header bytes that are not UTF-8 must compare unequal, not raise
+        return hmac.compare_digest(
+            given.encode("utf-8", "surrogateescape"), token.encode("utf-8", "surrogateescape")
+        )
 
     async def _writer(self, ws: ServerConnection, client: Client, wake: asyncio.Event) -> None:
         """Send whatever the client's outbox holds, as it fills, at most `feed_frame_rate`
@@ -181,10 +199,16 @@ class FeedServer:
                 await asyncio.sleep(wait)
             wake.clear()
             last = loop.time()
-            for frame in self.feed.take(client):
-                client.blocked_since = loop.time()
-                await ws.send(frame, text=True)
-            client.blocked_since = None
+            while True:  # snapshots come a chunk at a time; control messages are not paced
+                frames, since = self.feed.take(client)
+                for frame in frames:
+                    client.blocked_since = loop.time()
+                    await ws.send(frame, text=True)
+                client.blocked_since = None
+                if since is not None:
+                    self.feed.sent_after(since)
+                if not client.outbox.control:
+                    break
 
     async def _beat(self) -> None:
         while True:
@@ -206,24 +230,26 @@ class FeedServer:
         log.warning("closing feed client %d: a send blocked > %.1f s", client.id,
                     self.limits.slow_close_s)  # fmt: skip
 
-        async def close() -> None:
-            # The close frame queues behind the backlog; a client that still reads nothing
-            # is cut off when close_timeout ends.
-            try:
-                await asyncio.wait_for(ws.close(CLOSE_SLOW, "slow consumer"), 3.0)
-            except (TimeoutError, ConnectionClosed):
-                pass
-            finally:
-                if ws.transport is not None and not ws.transport.is_closing():
-                    ws.transport.abort()
-
-        task = asyncio.create_task(close())
+        # The close frame queues behind the backlog; a client that still reads nothing is
+        # cut off 3 s later.
+        task = asyncio.create_task(_close(ws, CLOSE_SLOW, "slow consumer", 3.0))
         self._closers.add(task)
         task.add_done_callback(self._closers.discard)
 
     def _count_close(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.feed_closed.labels(reason).inc()
+
+
+async def _close(ws: ServerConnection, code: int, reason: str, timeout: float = 2.0) -> None:
+    """Close with `code`; abort the TCP connection if that takes longer than `timeout`."""
+    try:
+        await asyncio.wait_for(ws.close(code, reason), timeout)
+    except (TimeoutError, ConnectionClosed):
+        pass
+    finally:
+        if ws.transport is not None and not ws.transport.is_closing():
+            ws.transport.abort()
 
 
 def _file(connection: ServerConnection, path: Path) -> Response:

@@ -40,6 +40,7 @@ def fresh_settings(bootstrap: str, **kw: Any) -> Settings:
         group=f"g-{tag}",
         partitions=3,
         metrics_port=0,
+        feed_port=0,  # no websocket feed unless a test asks for one (ports would clash)
         checkpoint_interval_s=0.5,
     )
     return replace(base, **kw)

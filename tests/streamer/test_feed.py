@@ -39,7 +39,10 @@ class Conn:
         self.feed.handle(self.client, text)
 
     def recv(self) -> list[dict[str, Any]]:
-        out = [orjson.loads(f) for f in self.feed.take(self.client)]
+        frames, _ = self.feed.take(self.client)
+        while self.client.outbox.control:  # as the writer does: snapshots come in chunks
+            frames += self.feed.take(self.client)[0]
+        out = [orjson.loads(f) for f in frames]
         for m in out:
             assert m["seq"] == self.seq + 1
             self.seq = m["seq"]
@@ -175,18 +178,76 @@ def test_wildcard_can_be_disabled(hub: Hub) -> None:
     assert c.recv()[0]["code"] == "wildcard_disabled"
 
 
-def test_rate_limit_refills(feed: Feed) -> None:
+def test_rate_limit_refills_and_replies_once_a_second(feed: Feed) -> None:
     c = Conn(feed)
     c.recv()
-    for _ in range(12):  # burst of 2 x 5
+    for _ in range(30):  # burst of 2 x 5, then 20 over the limit
         c.send({"op": "ping"})
     msgs = c.recv()
     assert [m["type"] for m in msgs].count("pong") == 10
-    assert [m.get("code") for m in msgs].count("rate_limited") == 2
+    (err,) = [m for m in msgs if m["type"] == "error"]  # one reply, not twenty
+    assert err["code"] == "rate_limited" and "1 ignored" in err["message"]
+    assert c.client.dropped == 20
     feed.now[0] += 1.0  # type: ignore[attr-defined]
     for _ in range(5):
         c.send({"op": "ping"})
     assert all(m["type"] == "pong" for m in c.recv())
+
+
+def test_ids_must_be_scalars(feed: Feed) -> None:
+    c = Conn(feed)
+    c.recv()
+    deep = "[" * 300 + "]" * 300  # parses, but could not be echoed back
+    c.send('{"op": "ping", "id": ' + deep + "}")
+    c.send({"op": "ping", "id": {"a": 1}})
+    c.send({"op": "ping", "id": "x" * 257})
+    msgs = c.recv()
+    got = [(m["type"], m.get("code"), m["id"]) for m in msgs]
+    assert got == [("error", "bad_request", None)] * 3
+    for rid in ("ok", 7, 1.5, None, True):
+        c.send({"op": "ping", "id": rid})
+        (pong,) = c.recv()
+        assert pong["type"] == "pong" and pong["id"] == rid
+
+
+def test_resync_spam_queues_one_snapshot_per_symbol(hub: Hub, feed: Feed) -> None:
+    """Snapshots are built when taken: a client that resyncs without reading queues no
+    more than one per symbol, and what it finally gets is current."""
+    publish(hub, [("A", 1), ("B", 1)])
+    c = Conn(feed)
+    c.recv()
+    c.send({"op": "subscribe", "symbols": ["A", "B"]})
+    for _ in range(8):
+        c.send({"op": "resync"})
+    assert len(c.client.outbox.snapshots) == 2
+    assert sum(1 for k, _ in c.client.outbox.control if k == "snapshot") == 2
+    publish(hub, [("A", 2)])  # after the resyncs, before the client reads
+    msgs = c.recv()
+    snaps = [m for m in msgs if m["type"] == "snapshot"]
+    assert [(m["symbol"], m["forecast"]["seq"]) for m in snaps] == [("A", 2), ("B", 1)]
+    assert not [m for m in msgs if m["type"] == "update"]  # A's update is in its snapshot
+
+
+def test_wildcard_snapshots_come_in_chunks(hub: Hub) -> None:
+    from streamer.feed import SNAPSHOT_CHUNK
+
+    feed = Feed(hub, Limits())
+    n = 2 * SNAPSHOT_CHUNK + 5
+    publish(hub, [(f"S{i:03d}", 1) for i in range(n)])
+    c = Conn(feed)
+    c.recv()
+    c.send({"op": "subscribe", "symbols": "*"})
+    first, _ = feed.take(c.client)
+    assert len(first) == 1 + SNAPSHOT_CHUNK  # the ack and one chunk
+    publish(hub, [("S000", 2), ("NEW", 1)])
+    rest = [orjson.loads(f) for f in first]
+    while c.client.outbox.control:
+        rest += [orjson.loads(f) for f in feed.take(c.client)[0]]
+    rest += [orjson.loads(f) for f in feed.take(c.client)[0]]
+    kinds = [m["type"] for m in rest]
+    assert kinds.count("snapshot") == n and kinds[-1] == "update"
+    # S000's snapshot went out before its new forecast: the update still carries it.
+    assert [f["symbol"] for f in rest[-1]["forecasts"]] == ["S000", "NEW"]
 
 
 def test_unsubscribe_drops_pending_and_disconnect_unindexes(hub: Hub, feed: Feed) -> None:
