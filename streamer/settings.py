@@ -27,11 +27,13 @@ class Settings:
     forecasts_topic: str = "forecasts"
     dlq_topic: str = "ticks.dlq"
     state_topic: str = "tickcast.state"
+    models_topic: str = "tickcast.models"
     partitions: int = 4
     replication: int = 1
     group: str = "tickcast"
     instance: str = "serve-1"
     model: str = "stocks"
+    registry: str = "registry"
     max_symbols: int = 16384
     idle_evict_s: float = 3600.0
     exactly_once: bool = True
@@ -67,12 +69,17 @@ HELP: dict[str, str] = {
     "forecasts_topic": "topic forecasts are published to (key = symbol)",
     "dlq_topic": "dead-letter topic for rejected ticks (original bytes, reason in headers)",
     "state_topic": "compacted topic of per-symbol state checkpoints",
+    "models_topic": "compacted topic announcing the champion model version; serve follows "
+    "it and hot-swaps (empty: no announcements)",
     "partitions": "partitions for topics this tool creates (ticks, forecasts, dlq, state)",
     "replication": "replication factor of topics this tool creates",
     "group": "Kafka consumer group of the serving instances",
     "instance": "this instance's name, unique in the group and stable across restarts "
     "(it names the transactional producer, so a restart fences its predecessor)",
-    "model": "model checkpoint directory or bundled model name",
+    "model": "model checkpoint directory or bundled model name (served until an announced "
+    "champion replaces it)",
+    "registry": "model registry directory: announced versions are loaded from "
+    "REGISTRY/versions/VERSION",
     "max_symbols": "most symbols held at once; the least recently seen is evicted beyond it",
     "idle_evict_s": "evict a symbol after this many seconds without a tick",
     "exactly_once": "Kafka transactions: forecasts, state and offsets commit atomically "

@@ -37,6 +37,7 @@ def fresh_settings(bootstrap: str, **kw: Any) -> Settings:
         forecasts_topic=f"forecasts-{tag}",
         dlq_topic=f"dlq-{tag}",
         state_topic=f"state-{tag}",
+        models_topic=f"models-{tag}",
         group=f"g-{tag}",
         partitions=3,
         metrics_port=0,
