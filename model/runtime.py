@@ -285,6 +285,15 @@ class Runtime:
                 n += 1
         return n
 
+    def precompile_warm(self, batch_sizes: Iterable[int]) -> int:
+        """Compile `warm` for these padded batch sizes (touches only the scratch slot)."""
+        w, f = self.config.window, self.config.n_features
+        sizes = sorted({bucket(x, self.min_bucket) for x in batch_sizes})
+        for b in sizes:
+            slots = np.full(b, self.scratch, np.int32)
+            self.hc, _ = self._warm(self.flat, self.hc, slots, np.zeros((b, w, f), np.float32))
+        return len(sizes)
+
     def states_of(self, slots: Iterable[int]) -> np.ndarray:
         """Copies of several slots' state `[n, 2, layers, units]` ((h, c) stacked)."""
         idx, n = self._indices(slots)

@@ -25,6 +25,7 @@ import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import orjson
@@ -512,25 +513,159 @@ class Engine:
     def rewarm(self, slots: list[int]) -> None:
         """Start these slots' state afresh from their buffers (after a model change): zero
         state, then the last `window` ticks' features, computed from real history."""
-        w, r = self.window, self.history
         sl = np.asarray(slots, np.int64)
-        rows = np.arange(r - w, r)
-        idx = rows[:, None] + np.arange(-w + 1, 1)[None, :]  # [w, w] price columns per row
-        windows = self.prices[sl][:, idx]  # [n, w rows, w prices]
-        ts = self.times[sl][:, rows]
-        vol = self.volumes[sl]
-        v_now, v_prev = vol[:, rows], vol[:, rows - 1]
-        unknown = np.isnan(v_now) | np.isnan(v_prev)
-        v_now, v_prev = np.where(unknown, 0.0, v_now), np.where(unknown, 0.0, v_prev)
-        x = history_features(
-            self.config,
-            self.stats,
-            ts.reshape(-1),
-            windows.reshape(-1, w),
-            v_now.reshape(-1),
-            v_prev.reshape(-1),
-        ).reshape(len(sl), w, -1)
+        x = buffer_features(self.config, self.stats, self.prices[sl], self.times[sl],
+                            self.volumes[sl], self.window)  # fmt: skip
         self.runtime.warm(sl, x)
+
+    # ----------------------------------------------------------------- model swap
+    def snapshot(self) -> Snapshot:
+        """Copies of every held symbol's buffers and tick count (the input of a swap's
+        background rounds, taken between micro-batches)."""
+        slots = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
+        return Snapshot(
+            slots, [self.symbol_at[s] or "" for s in slots.tolist()], self.seq[slots].copy(),
+            self.prices[slots], self.times[slots], self.volumes[slots],
+        )  # fmt: skip
+
+    def _live(self) -> Snapshot:
+        """The held symbols' buffers as they are now (no copies: for the final round)."""
+        slots = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
+        return Snapshot(
+            slots, [self.symbol_at[s] or "" for s in slots.tolist()], self.seq[slots],
+            self.prices[slots], self.times[slots], self.volumes[slots],
+        )  # fmt: skip
+
+    def prepare_swap(self, predictor: Predictor, snap: Snapshot) -> PendingSwap:
+        """Round 1 of a swap, safe to run in a worker thread while the engine serves: a new
+        runtime for `predictor`, every symbol of `snap` warmed from its buffer, and the
+        kernels the final round may need compiled. Raises ValueError for a model of another
+        config (a swap keeps the features and the state's shape)."""
+        if predictor.config != self.config:
+            raise ValueError(f"config {predictor.config} differs from the serving {self.config}")
+        runtime = predictor.runtime(self.max_symbols, min_bucket=8)
+        pending = PendingSwap(predictor, runtime, {})
+        # Compile what the final round and steady serving use, off the serving thread.
+        sizes = [1 << k for k in range(3, 12) if 1 << (k - 1) < max(8, self.max_symbols)]
+        runtime.precompile(sizes[:4], steps=(1, 4, 6, 8))
+        runtime.precompile_warm(sizes[:4])
+        pending.catch_up(snap)
+        return pending
+
+    def finish_swap(self, pending: PendingSwap) -> tuple[str, int]:
+        """The final round, between micro-batches: bring the symbols that ticked since the
+        last round up to date (a few steps each), then serve the new model. Returns the
+        previous version and the number of symbols caught up here."""
+        n = pending.catch_up(self._live())
+        old = self.version
+        p = pending.predictor
+        self.predictor, self.stats, self.version = p, p.stats, p.version
+        self.runtime = pending.runtime
+        self.dirty[np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))] = True
+        self.last_forecast[:] = np.nan  # the next error is the new model's own
+        return old, n
+
+
+@dataclass
+class Snapshot:
+    """Held symbols at one moment: slots `[n]`, their symbols, tick counts `seq` `[n]` and
+    buffers `[n, history]` (prices, epoch-ms times, volumes)."""
+
+    slots: np.ndarray
+    symbols: list[str]
+    seq: np.ndarray
+    prices: np.ndarray
+    times: np.ndarray
+    volumes: np.ndarray
+
+
+@dataclass
+class PendingSwap:
+    """A model being brought up to date beside the serving one.
+
+    `done` maps slot -> (symbol, seq) the new runtime's state reflects. Each `catch_up`
+    advances it to a newer snapshot: a symbol that ticked k times since is stepped k times
+    through features rebuilt from its buffer (k <= history - window + 1), anything else
+    (new, replaced, restored out of order, or too far behind) is warmed from its buffer's
+    last `window` ticks, as a restore re-warms."""
+
+    predictor: Predictor
+    runtime: Any  # model.runtime.Runtime
+    done: dict[int, tuple[str, int]]
+
+    def catch_up(self, snap: Snapshot) -> int:
+        """Advance the new state to `snap`; returns how many symbols it touched."""
+        cfg, stats = self.predictor.config, self.predictor.stats
+        w, r = cfg.window, snap.prices.shape[1]
+        limit = r - w + 1
+        step_rows, step_k, warm_rows = [], [], []
+        for j, (slot, sym, seq) in enumerate(zip(snap.slots.tolist(), snap.symbols,
+                                                 snap.seq.tolist(), strict=True)):  # fmt: skip
+            before = self.done.get(slot)
+            k = seq - before[1] if before is not None and before[0] == sym else -1
+            if k == 0:
+                continue
+            if 1 <= k <= limit:
+                step_rows.append(j)
+                step_k.append(k)
+            else:
+                warm_rows.append(j)
+        if warm_rows:
+            wj = np.asarray(warm_rows, np.int64)
+            x = buffer_features(cfg, stats, snap.prices[wj], snap.times[wj], snap.volumes[wj], w)
+            self.runtime.warm(snap.slots[wj], x)
+        if step_rows:
+            sj = np.asarray(step_rows, np.int64)
+            ks = np.asarray(step_k, np.int64)
+            k_max = int(ks.max())
+            x = buffer_features(cfg, stats, snap.prices[sj], snap.times[sj], snap.volumes[sj],
+                                k_max)  # fmt: skip
+            # Slot b's last k_b rows, moved to steps 0..k_b-1: [k_max, batch, features].
+            t = np.arange(k_max)
+            src = np.minimum(k_max - ks[None, :] + t[:, None], k_max - 1)
+            xs = x[np.arange(len(sj))[None, :], src].astype(np.float32)
+            self.runtime.advance(snap.slots[sj], xs, ks)
+        for slot, sym, seq in zip(snap.slots.tolist(), snap.symbols, snap.seq.tolist(),
+                                  strict=True):  # fmt: skip
+            self.done[slot] = (sym, seq)
+        return len(step_rows) + len(warm_rows)
+
+
+def buffer_features(
+    config: Any,
+    stats: Any,
+    prices: np.ndarray,
+    times: np.ndarray,
+    volumes: np.ndarray,
+    k: int,
+) -> np.ndarray:
+    """Features of the last `k` ticks of each buffer, rebuilt from the buffer alone.
+
+    Args:
+      prices, times, volumes: per-symbol buffers `[n, history]`, oldest first (prices > 0,
+        times epoch ms, volumes NaN where unknown).
+      k: rows wanted, 1 <= k <= history - window + 1 (each row needs `window` prices).
+
+    Returns:
+      `[n, k, features]` float32, oldest row first, exactly as `Engine.apply` computed them
+      (given the same statistics).
+    """
+    n, r = prices.shape
+    w = config.window
+    if not 1 <= k <= r - w + 1:
+        raise ValueError(f"k={k} rows need a history of at least {k + w - 1}, have {r}")
+    rows = np.arange(r - k, r)
+    idx = rows[:, None] + np.arange(-w + 1, 1)[None, :]  # [k, w] price columns per row
+    windows = prices[:, idx]  # [n, k, w]
+    ts = times[:, rows]
+    v_now, v_prev = volumes[:, rows], volumes[:, rows - 1]
+    unknown = np.isnan(v_now) | np.isnan(v_prev)
+    v_now, v_prev = np.where(unknown, 0.0, v_now), np.where(unknown, 0.0, v_prev)
+    x = history_features(
+        config, stats, ts.reshape(-1), windows.reshape(-1, w), v_now.reshape(-1),
+        v_prev.reshape(-1),
+    )  # fmt: skip
+    return x.reshape(n, k, -1)
 
 
 def encode_marker(next_offset: int, version: str) -> bytes:
