@@ -189,7 +189,12 @@ def synthetic(
 
     kind="random_walk": geometric random walk (nothing beats persistence);
     kind="seasonal": a level with a daily cycle of `period` steps plus AR(1) noise
-    (a model with state or a time-of-day feature beats persistence).
+    (a model with state or a time-of-day feature beats persistence);
+    kind="drift": a regime change for retraining tests. Log returns follow an AR(1) with
+    phi = +0.6 for steps < n_steps // 2 and phi = -0.6 from there on (noise sd 0.01),
+    price = 100 * exp(cumsum of the returns); a model fitted on the first half forecasts
+    the second half worse than persistence, one fitted on the second half beats it.
+    Volume is log-normal for every kind.
     """
     rng = np.random.default_rng(seed)
     out = []
@@ -205,6 +210,14 @@ def synthetic(
             for t in range(1, n_steps):
                 noise[t] = 0.8 * noise[t - 1] + e[t]
             price = (50.0 + 10 * k) * np.exp(0.2 * np.sin(phase + k) + noise)
+        elif kind == "drift":
+            e = rng.normal(0.0, 0.01, n_steps)
+            r = np.zeros(n_steps)
+            r[0] = e[0]
+            for t in range(1, n_steps):
+                phi = 0.6 if t < n_steps // 2 else -0.6
+                r[t] = phi * r[t - 1] + e[t]
+            price = 100.0 * np.exp(np.cumsum(r))
         else:
             raise ValueError(f"unknown synthetic kind {kind!r}")
         volume = rng.lognormal(10.0, 0.5, n_steps)

@@ -18,7 +18,7 @@ import dataclasses
 import time
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,25 @@ from model.data import Series, Split, split_times
 from model.features import Z90, FeatureStats, featurize, fit_stats, targets
 from model.lstm import LSTMForecaster, LSTMState, Params, forward_fn, load_params_into, params_of
 
-__all__ = ["FitResult", "Prepared", "fit", "prepare", "sequence_outputs", "training_part"]
+__all__ = [
+    "FitResult",
+    "Init",
+    "Prepared",
+    "fit",
+    "prepare",
+    "sequence_outputs",
+    "training_part",
+]
+
+
+class Init(NamedTuple):
+    """Where fine-tuning starts: a fitted model's parameters and its feature statistics.
+
+    The statistics are kept as they are (the serving features must not change), and the
+    config passed to `fit` must be the one the parameters were built for."""
+
+    params: Params
+    stats: FeatureStats
 
 
 @dataclass
@@ -192,15 +210,27 @@ def _segments(
 
 
 def _train_loop(
-    prep: Prepared, config: ModelConfig, tc: TrainConfig, max_steps: int, validate: bool, t0: float
+    prep: Prepared,
+    config: ModelConfig,
+    tc: TrainConfig,
+    max_steps: int,
+    validate: bool,
+    t0: float,
+    start: Params | None = None,
 ) -> tuple[Params, int, float, list[dict[str, float]]]:
-    """Run optimizer steps from a fresh seeded initialisation.
+    """Run optimizer steps from a fresh seeded initialisation (or from `start`, with a fresh
+    Adam state).
 
     With `validate`, score the validation split every `tc.eval_every` steps and stop after
     `tc.patience` scores without improvement; returns the best parameters, the step they
     were reached at, their validation NLL and the history. Without it, run `max_steps`.
+    From `start`, the starting weights are scored first (step 0), so fine-tuning that never
+    improves on validation returns them unchanged.
     """
-    params = params_of(LSTMForecaster(config, rngs=nnx.Rngs(params=tc.seed)))
+    if start is None:
+        params = params_of(LSTMForecaster(config, rngs=nnx.Rngs(params=tc.seed)))
+    else:
+        params = jax.tree.map(jnp.asarray, start)
     optimizer = optax.chain(
         optax.clip_by_global_norm(tc.grad_clip),
         optax.adamw(tc.learning_rate, weight_decay=tc.weight_decay)
@@ -214,6 +244,10 @@ def _train_loop(
     best: tuple[float, Params, int] = (np.inf, params, 0)
     bad = step = 0
     history: list[dict[str, float]] = []
+    if validate and start is not None:
+        o, y, _ = carried_outputs(params, prep, w, "val")
+        best = (_nll(o, y), params, 0)
+        history.append({"step": 0, "train_loss": float("nan"), "val_nll": best[0]})
     desc = "train" if validate else "refit on train+validation"
     bar = tqdm(total=max_steps, desc=desc, unit="step", disable=not tc.progress, leave=False)
     running = np.nan
@@ -253,6 +287,7 @@ def fit(
     series: list[Series],
     config: ModelConfig,
     tc: TrainConfig = TrainConfig(),  # noqa: B008 - frozen dataclass, safe default
+    init: Init | None = None,
 ) -> FitResult:
     """Train a forecaster: early stopping on validation, then (by default) a refit.
 
@@ -264,13 +299,29 @@ def fit(
        test period that follows it; without the refit a model never sees the validation
        months that AR baselines fitted on everything before the test split do see.
 
+    With `init` (fine-tuning), both phases start from `init.params` instead of a seeded
+    initialisation, with a fresh Adam state, and the features are scaled with `init.stats`
+    (only the interval scale is calibrated again); `config` must be the one `init.params`
+    was built for. The starting weights are scored on validation first, so the result is
+    never worse on validation than where it started (with 0 steps it is those weights).
+
     Seeded and reproducible: the same data, configs and seed give the same weights.
     """
     t0 = time.perf_counter()
-    prep = prepare(series, config, tc)
+    start: Params | None = None
+    if init is not None:
+        want = params_of(LSTMForecaster(config, rngs=nnx.Rngs(params=0)))
+        shapes = [np.shape(a) for a in jax.tree.leaves(want)]
+        if [np.shape(a) for a in jax.tree.leaves(init.params)] != shapes:
+            raise ValueError("init.params do not have the shapes of the config: fine-tuning "
+                             "needs the champion's own config")  # fmt: skip
+        start = init.params
+    prep = prepare(series, config, tc, stats=None if init is None else init.stats)
     if sum(max(v - 1, 0) for v, _ in prep.bounds) < config.window:
         raise ValueError("too few training rows: need at least one window of training data")
-    params, best_step, best_val, history = _train_loop(prep, config, tc, tc.max_steps, True, t0)
+    params, best_step, best_val, history = _train_loop(
+        prep, config, tc, tc.max_steps, True, t0, start
+    )
     if not np.isfinite(best_val):  # never validated (tiny max_steps): keep the last weights
         o, y, _ = carried_outputs(params, prep, config.window, "val")
         best_val = _nll(o, y)
@@ -280,7 +331,9 @@ def fit(
     steps = best_step
     if tc.refit and best_step > 0:
         whole = dataclasses.replace(prep, bounds=[(t, t) for _, t in prep.bounds])
-        params, steps, _, _ = _train_loop(whole, config, tc, best_step, False, time.perf_counter())
+        params, steps, _, _ = _train_loop(
+            whole, config, tc, best_step, False, time.perf_counter(), start
+        )
     model = LSTMForecaster(config, rngs=nnx.Rngs(params=tc.seed))
     load_params_into(model, params)
     return FitResult(
