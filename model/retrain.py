@@ -1,0 +1,367 @@
+"""Champion/challenger retraining, the pure core: series in, a decision out (no Kafka).
+
+`retrain(series, champion, rc)`:
+
+1. Split the data chronologically with cut times shared by every symbol: the last
+   `rc.eval_fraction` of the ticks is the evaluation slice, the `rc.val_fraction` before it
+   validation, the rest training (the `split_times` of every other tool).
+2. Fit a challenger on training + validation only (`model.train.fit`, whose refit stops
+   at the evaluation slice): fine-tuned from the champion's weights with its config and
+   feature statistics by default, or from scratch (same config, fresh statistics).
+3. Score champion and challenger walk-forward over the evaluation slice with
+   `model.evaluate.evaluate` (the carried-state path the server runs), beside persistence
+   and AR(60), which are fitted on everything before the slice.
+4. Promote when the challenger's RMSE is at least `rc.margin` (relative) below the
+   champion's; otherwise reject. Too little data is a skip with the reason, never an error.
+
+The registry bookkeeping (`save_challenger`, `prune`, `attempt_record`), the summary table
+and the plot are here too, as plain functions over files; the Kafka shell that reads the
+ticks, loops and announces is `streamer.retrain`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+
+from model.checkpoint import Predictor
+from model.config import ModelConfig, TrainConfig
+from model.data import DataError, Series
+from model.evaluate import AR_ORDER, Evaluation, evaluate
+from model.registry import Registry
+from model.train import FitResult, Init, describe, fit
+
+__all__ = [
+    "Attempt",
+    "RetrainConfig",
+    "attempt_record",
+    "decide",
+    "format_summary",
+    "min_ticks",
+    "plot",
+    "prune",
+    "retrain",
+    "save_challenger",
+]
+
+Outcome = Literal["promoted", "rejected", "skipped"]
+MIN_EVAL_FORECASTS = 10  # per symbol: fewer test forecasts than this is no comparison
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """How one retraining attempt runs. Fractions are of the ticks read, pooled."""
+
+    margin: float = 0.01  # relative RMSE improvement the challenger needs (0.01 = 1%)
+    eval_fraction: float = 0.2  # the most recent part: champion vs challenger, never trained on
+    val_fraction: float = 0.1  # before it: early stopping and interval calibration
+    from_scratch: bool = False  # fresh weights and statistics instead of fine-tuning
+    train: TrainConfig = field(
+        default_factory=lambda: TrainConfig(max_steps=600, learning_rate=5e-4, max_seconds=120.0)
+    )
+
+    def train_config(self) -> TrainConfig:
+        """The fit's TrainConfig with this attempt's split (its test part = the eval slice)."""
+        return dataclasses.replace(
+            self.train, val_fraction=self.val_fraction, test_fraction=self.eval_fraction
+        )
+
+
+@dataclass
+class Attempt:
+    """One attempt's result. `scores` maps champion, challenger, persistence, ar60 to the
+    metrics of `model.evaluate.metrics` (RMSE and MAE in price units) over the same
+    evaluation forecasts; empty when skipped."""
+
+    outcome: Outcome
+    reason: str
+    champion_version: str
+    symbols: list[str]  # symbols used (enough ticks)
+    dropped_symbols: list[str]  # symbols read but too short to use
+    n_ticks: int  # ticks of the used symbols
+    first_ts_ms: int | None
+    last_ts_ms: int | None
+    eval_start_ms: int | None = None  # first tick of the evaluation slice
+    val_start_ms: int | None = None
+    scores: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_eval: int = 0  # evaluation forecasts (pooled over symbols)
+    improvement: float | None = None  # 1 - challenger RMSE / champion RMSE
+    challenger: FitResult | None = None
+    champion_eval: Evaluation | None = None
+    challenger_eval: Evaluation | None = None
+    champion_overlap: bool = False  # the champion was trained on part of the eval slice
+    seconds: float = 0.0
+
+
+def min_ticks(config: ModelConfig, rc: RetrainConfig) -> int:
+    """Fewest ticks a symbol needs: AR(60) wants 2·60+2 rows before the evaluation slice,
+    the model a window, and the slice at least `MIN_EVAL_FORECASTS` forecasts."""
+    before = max(2 * AR_ORDER + 2, config.window + 2)
+    n_before = int(np.ceil(before / max(1.0 - rc.eval_fraction, 1e-9)))
+    n_eval = int(np.ceil((MIN_EVAL_FORECASTS + 1) / max(rc.eval_fraction, 1e-9)))
+    return max(n_before, n_eval) + 1
+
+
+def decide(champion_rmse: float, challenger_rmse: float, margin: float) -> tuple[bool, str]:
+    """Promote iff challenger RMSE <= (1 - margin) · champion RMSE; (promote, why)."""
+    if not np.isfinite(challenger_rmse):
+        return False, "challenger RMSE is not finite"
+    if not np.isfinite(champion_rmse):
+        return True, f"champion RMSE is {champion_rmse}; challenger {challenger_rmse:.6g} wins"
+    if champion_rmse <= 0:
+        return False, "champion RMSE is 0; nothing to improve on"
+    imp = 1.0 - challenger_rmse / champion_rmse
+    vs = f"challenger RMSE {challenger_rmse:.6g} vs champion {champion_rmse:.6g}"
+    if imp >= margin:
+        return True, f"{vs}: {imp:.2%} better, margin {margin:.2%}"
+    if imp > 0:
+        return False, f"{vs}: only {imp:.2%} better, margin {margin:.2%}"
+    return False, f"{vs}: {-imp:.2%} worse"
+
+
+def _usable(series: list[Series], need: int) -> tuple[list[Series], list[str]]:
+    keep = [s for s in series if len(s) >= need]
+    return keep, sorted(s.symbol for s in series if len(s) < need)
+
+
+def retrain(series: list[Series], champion: Predictor, rc: RetrainConfig) -> Attempt:
+    """Fit a challenger on `series` and score it against `champion` (see the module doc).
+
+    Args:
+      series: one `Series` per symbol, strictly increasing ts (epoch ms), prices > 0.
+      champion: the current model; its config is the challenger's.
+      rc: margin, split fractions, fine-tune or scratch, training knobs.
+    """
+    t0 = time.perf_counter()
+    config = champion.config
+    need = min_ticks(config, rc)
+    used, dropped = _usable(series, need)
+    base = Attempt(
+        outcome="skipped",
+        reason="",
+        champion_version=champion.version,
+        symbols=[s.symbol for s in used],
+        dropped_symbols=dropped,
+        n_ticks=sum(len(s) for s in used),
+        first_ts_ms=int(min(s.ts[0] for s in used)) if used else None,
+        last_ts_ms=int(max(s.ts[-1] for s in used)) if used else None,
+    )
+
+    def skip(why: str) -> Attempt:
+        base.reason, base.seconds = why, time.perf_counter() - t0
+        return base
+
+    if not series:
+        return skip("not enough data: no ticks in the range read")
+    if not used:
+        longest = max((len(s) for s in series), default=0)
+        return skip(
+            f"not enough data: no symbol has {need} ticks (a {config.window}-tick window, "
+            f"AR({AR_ORDER}) before a {rc.eval_fraction:.0%} evaluation slice of at least "
+            f"{MIN_EVAL_FORECASTS} forecasts); {len(series)} symbol(s), longest {longest}"
+        )
+    tc = rc.train_config()
+    init = None if rc.from_scratch else Init(champion.params, champion.stats)
+    try:
+        result = fit(used, config, tc, init=init)
+        ev_champ = evaluate(used, champion.params, config, champion.stats, tc)
+        ev_chall = evaluate(used, result.model.params(), config, result.stats, tc)
+    except (DataError, ValueError) as e:  # a split or a window that does not fit the data
+        return skip(f"not enough data: {e}")
+    base.challenger, base.champion_eval, base.challenger_eval = result, ev_champ, ev_chall
+    base.val_start_ms, base.eval_start_ms = result.split.val_start, result.split.test_start
+    rep_c, rep_n = ev_champ.report, ev_chall.report
+    base.scores = {
+        "champion": rep_c["model"]["stateful"],
+        "challenger": rep_n["model"]["stateful"],
+        "persistence": rep_n["persistence"],
+        "ar60": rep_n["ar60"],
+    }
+    base.n_eval = int(rep_n["n_test"])
+    trained_until = champion.metadata.get("data", {}).get("test_start_ms")
+    base.champion_overlap = trained_until is not None and trained_until > base.eval_start_ms
+    c_rmse, n_rmse = base.scores["champion"]["rmse"], base.scores["challenger"]["rmse"]
+    base.improvement = 1.0 - n_rmse / c_rmse if c_rmse > 0 else None
+    promote, why = decide(c_rmse, n_rmse, rc.margin)
+    base.outcome, base.reason = ("promoted" if promote else "rejected"), why
+    base.seconds = time.perf_counter() - t0
+    return base
+
+
+# --------------------------------------------------------------------- registry bookkeeping
+def _rmse_scores(a: Attempt) -> dict[str, float]:
+    return {k: float(v["rmse"]) for k, v in a.scores.items()}
+
+
+def save_challenger(
+    registry: Registry, a: Attempt, attempt_id: str, source: str, rc: RetrainConfig
+) -> str | None:
+    """Store the challenger as a new registry version (promoted or not); its metadata holds
+    the parent version, the data range and the scores. None when there is no challenger."""
+    if a.challenger is None:
+        return None
+    extra = {
+        "parent": a.champion_version,
+        "data": {
+            "source": source,
+            "symbols": a.symbols,
+            "n_ticks": a.n_ticks,
+            "first_ts_ms": a.first_ts_ms,
+            "last_ts_ms": a.last_ts_ms,
+            "val_start_ms": a.val_start_ms,
+            "test_start_ms": a.eval_start_ms,  # trained on nothing from here on
+        },
+        "scores": _rmse_scores(a),
+        "retrain": {
+            "attempt": attempt_id,
+            "outcome": a.outcome,
+            "reason": a.reason,
+            "margin": rc.margin,
+            "from_scratch": rc.from_scratch,
+            "n_eval": a.n_eval,
+        },
+        "train": {
+            **describe(a.challenger),
+            "loss": rc.train.loss,
+            "seed": rc.train.seed,
+            "max_steps": rc.train.max_steps,
+            "learning_rate": rc.train.learning_rate,
+        },
+    }
+    return registry.add(a.challenger.model, a.challenger.stats, extra)
+
+
+def prune(registry: Registry, keep: int) -> list[str]:
+    """Remove the oldest versions beyond the newest `keep` that were never champion; the
+    champion and every version named in the history stay. Returns the removed versions."""
+    protected = {registry.champion()}
+    for h in registry.history():
+        protected |= {h.get("version"), h.get("previous")}
+    metas = [m for m in registry.versions() if m.get("version") not in protected]
+    metas.sort(key=lambda m: (str(m.get("created", "")), str(m["version"])))
+    drop = [str(m["version"]) for m in metas[: max(len(metas) - keep, 0)]]
+    for v in drop:
+        registry.remove(v)
+    return drop
+
+
+def attempt_record(
+    a: Attempt,
+    *,
+    attempt_id: str,
+    challenger_version: str | None,
+    since_ms: int | None,
+    until_ms: int | None,
+    plot_path: str | None,
+    rc: RetrainConfig,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The attempts.jsonl line of an attempt (JSON-ready)."""
+    return {
+        "attempt": attempt_id,
+        "time_ms": int(time.time() * 1000),
+        "champion": a.champion_version,
+        "challenger": challenger_version,
+        "outcome": a.outcome,
+        "reason": a.reason,
+        "data": {
+            "since_ms": since_ms,
+            "until_ms": until_ms,
+            "first_ts_ms": a.first_ts_ms,
+            "last_ts_ms": a.last_ts_ms,
+            "val_start_ms": a.val_start_ms,
+            "eval_start_ms": a.eval_start_ms,
+        },
+        "n_ticks": a.n_ticks,
+        "symbols": a.symbols,
+        "dropped_symbols": a.dropped_symbols,
+        "n_eval": a.n_eval,
+        "scores": a.scores,
+        "improvement": a.improvement,
+        "margin": rc.margin,
+        "from_scratch": rc.from_scratch,
+        "champion_trained_on_eval_slice": a.champion_overlap,
+        "duration_s": round(a.seconds, 3),
+        "plot": plot_path,
+        **(extra or {}),
+    }
+
+
+# --------------------------------------------------------------------- report
+def format_summary(a: Attempt) -> str:
+    """Champion vs challenger vs persistence vs AR(60) on the evaluation slice, and the
+    decision with its reason."""
+    lines = []
+    if a.scores:
+        p = a.scores["persistence"]["rmse"]
+        lines.append(
+            f"{'forecaster':36s} {'RMSE':>12s} {'vs persist.':>11s} {'MAE':>12s} {'MASE':>7s} "
+            f"{'dir.acc':>7s} {'cover90':>7s}"
+        )
+        names = {
+            "champion": f"champion {a.champion_version}",
+            "challenger": "challenger",
+            "persistence": "persistence (last value)",
+            "ar60": f"AR({AR_ORDER}), least squares",
+        }
+        for key, label in names.items():
+            m = a.scores[key]
+            cov = f"{m['coverage90']:7.3f}" if "coverage90" in m else f"{'-':>7s}"
+            lines.append(
+                f"{label[:36]:36s} {m['rmse']:12.6g} {m['rmse'] / p:10.4f}x {m['mae']:12.6g} "
+                f"{m['mase']:7.4f} {m['directional_accuracy']:7.3f} {cov}"
+            )
+        lines.append(
+            f"{a.n_eval} one-step-ahead forecasts over the evaluation slice "
+            f"({len(a.symbols)} symbol(s), {a.n_ticks} ticks read)"
+        )
+        if a.champion_overlap:
+            lines.append("note: the champion was trained on part of this slice (it is favoured)")
+    lines.append(f"decision: {a.outcome.upper()}: {a.reason}")
+    return "\n".join(lines)
+
+
+def plot(a: Attempt, path: str, last_n: int = 200, max_symbols: int = 3) -> bool:
+    """Actual vs champion vs challenger (with the challenger's 90% band) over the last
+    `last_n` evaluation ticks of up to `max_symbols` symbols, one panel each. Returns False
+    (writing nothing) for an attempt without an evaluation."""
+    if a.champion_eval is None or a.challenger_eval is None:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    champ = {p.symbol: p for p in a.champion_eval.per_symbol}
+    shown = [p for p in a.challenger_eval.per_symbol if p.symbol in champ][:max_symbols]
+    if not shown:
+        return False
+    fig, axes = plt.subplots(len(shown), 1, figsize=(12, 3.4 * len(shown)), squeeze=False)
+    for ax, p in zip(axes[:, 0], shown, strict=True):
+        c = champ[p.symbol]
+        sl = slice(-last_n, None)
+        t = p.ts[sl].astype("datetime64[ms]").astype(object)
+        ax.fill_between(t, p.stateful[1][sl], p.stateful[2][sl], color="tab:orange", alpha=0.25,
+                        linewidth=0, label="challenger 90% interval")  # fmt: skip
+        ax.plot(t, p.actual[sl], color="black", linewidth=0.9, label="actual")
+        ax.plot(t, c.stateful[0][sl], color="tab:blue", linewidth=0.9, label="champion")
+        ax.plot(t, p.stateful[0][sl], color="tab:orange", linewidth=0.9, label="challenger")
+
+        def rmse(x: np.ndarray, actual: np.ndarray = p.actual) -> float:
+            return float(np.sqrt(np.mean((x - actual) ** 2)))
+
+        ax.set_title(
+            f"{p.symbol}: RMSE champion {rmse(c.stateful[0]):.4g}, challenger "
+            f"{rmse(p.stateful[0]):.4g}, persistence {rmse(p.last):.4g}"
+        )
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper left", fontsize=8)
+    fig.suptitle(f"{a.outcome}: {a.reason}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True

@@ -1,0 +1,161 @@
+"""Champion/challenger retraining on the drift series: regime one trains the champion,
+regime two is what the challenger is fine-tuned and scored on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+from flax import nnx
+
+from model.checkpoint import Predictor
+from model.config import ModelConfig, TrainConfig
+from model.data import Series, synthetic
+from model.features import FeatureStats
+from model.lstm import LSTMForecaster
+from model.registry import Registry
+from model.retrain import (
+    RetrainConfig,
+    decide,
+    format_summary,
+    min_ticks,
+    plot,
+    prune,
+    retrain,
+    save_challenger,
+)
+from model.train import Init, fit
+
+CONFIG = ModelConfig(layers=2, units=8, dropout=0.1, window=12, features=("ret", "dlogvol"))
+TRAIN = TrainConfig(
+    max_steps=150, eval_every=25, batch_size=8, chunks=3, progress=False, max_seconds=None,
+    learning_rate=5e-3,
+)  # fmt: skip
+N, HALF = 1000, 500
+
+
+def cut(series: list[Series], lo: int, hi: int) -> list[Series]:
+    return [
+        dataclasses.replace(s, ts=s.ts[lo:hi], price=s.price[lo:hi],
+                            volume=None if s.volume is None else s.volume[lo:hi])
+        for s in series
+    ]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def drift() -> list[Series]:
+    return synthetic(3, N, seed=0, kind="drift")
+
+
+@pytest.fixture(scope="module")
+def champion(drift) -> Predictor:
+    r = fit(cut(drift, 0, HALF), CONFIG, dataclasses.replace(TRAIN, learning_rate=1e-2))
+    return Predictor(r.model, CONFIG, r.stats, {"version": "champion-v1"})
+
+
+@pytest.fixture(scope="module")
+def promoted(drift, champion):
+    rc = RetrainConfig(margin=0.01, train=TRAIN)
+    return retrain(cut(drift, HALF, N), champion, rc)
+
+
+def _lag1(r: np.ndarray) -> float:
+    r = r - r.mean()
+    return float(np.dot(r[1:], r[:-1]) / np.dot(r, r))
+
+
+def test_drift_switches_regime_at_half():
+    for s in synthetic(2, 2000, seed=3, kind="drift"):
+        r = np.diff(np.log(s.price))
+        assert _lag1(r[:990]) > 0.45 and _lag1(r[1010:]) < -0.45
+        assert s.volume is not None and np.all(s.volume > 0)
+
+
+def test_challenger_fine_tuned_on_the_new_regime_is_promoted(promoted, champion):
+    a = promoted
+    assert a.outcome == "promoted", format_summary(a)
+    sc = {k: v["rmse"] for k, v in a.scores.items()}
+    assert sc["challenger"] < 0.9 * sc["champion"]
+    assert sc["challenger"] < sc["persistence"] < sc["champion"]  # regime one's model is stale
+    assert a.n_eval > 200 and a.symbols == ["S000", "S001", "S002"]
+    assert "better" in a.reason and a.improvement is not None and a.improvement > 0.1
+    # Fine-tuning keeps the config and the feature statistics (only the interval is
+    # recalibrated), so the serving features stay the same.
+    assert a.challenger is not None
+    assert a.challenger.model.config == champion.config
+    keep = dataclasses.replace(a.challenger.stats, interval_scale=champion.stats.interval_scale)
+    assert keep == champion.stats
+    assert 0.7 <= a.scores["challenger"]["coverage90"] <= 1.0
+
+
+def test_no_better_challenger_is_rejected(drift, champion, promoted):
+    rc = RetrainConfig(margin=0.5, train=TRAIN)
+    a = retrain(cut(drift, HALF, N), champion, rc)
+    assert a.outcome == "rejected" and "margin 50.00%" in a.reason
+    assert a.scores["challenger"]["rmse"] == pytest.approx(promoted.scores["challenger"]["rmse"])
+    assert decide(1.0, 1.0, 0.01)[0] is False and decide(1.0, 1.2, 0.0)[0] is False
+    assert decide(1.0, 0.98, 0.01)[0] is True and decide(1.0, 0.995, 0.01)[0] is False
+
+
+def test_challenger_never_sees_the_evaluation_slice(drift, champion):
+    """Changing every price of the evaluation slice changes no challenger weight."""
+    data = cut(drift, HALF, N)
+    rc = RetrainConfig(train=dataclasses.replace(TRAIN, max_steps=50))
+    tc = rc.train_config()
+    init = Init(champion.params, champion.stats)
+    a = fit(data, CONFIG, tc, init=init)
+    start = a.split.test_start
+    changed = []
+    for s in data:
+        k = int(np.searchsorted(s.ts, start))
+        changed.append(dataclasses.replace(s, price=np.r_[s.price[:k], s.price[k:] * 1.5]))
+    b = fit(changed, CONFIG, tc, init=init)
+    assert b.split == a.split and b.stats == a.stats and a.steps > 0
+    for x, y in zip(jax.tree.leaves(a.model.params()), jax.tree.leaves(b.model.params()),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_fine_tune_with_no_steps_returns_the_champion(drift, champion):
+    tc = dataclasses.replace(RetrainConfig().train_config(), max_steps=0, progress=False)
+    r = fit(cut(drift, HALF, N), CONFIG, tc, init=Init(champion.params, champion.stats))
+    assert r.steps == 0
+    for x, y in zip(jax.tree.leaves(r.model.params()), jax.tree.leaves(champion.params),
+                    strict=True):  # fmt: skip
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    other = ModelConfig(layers=1, units=8, dropout=0.1, window=12, features=("ret", "dlogvol"))
+    with pytest.raises(ValueError, match="champion's own config"):
+        fit(cut(drift, HALF, N), other, tc, init=Init(champion.params, champion.stats))
+
+
+def test_too_little_data_is_skipped(drift, champion):
+    rc = RetrainConfig(train=TRAIN)
+    need = min_ticks(CONFIG, rc)
+    a = retrain(cut(drift, 0, need - 1), champion, rc)
+    assert a.outcome == "skipped" and "not enough data" in a.reason
+    assert a.dropped_symbols == ["S000", "S001", "S002"] and a.challenger is None
+    assert retrain([], champion, rc).reason == "not enough data: no ticks in the range read"
+    assert "SKIPPED" in format_summary(a)
+
+
+def test_registry_bookkeeping_and_plot(tmp_path, promoted):
+    reg = Registry(tmp_path / "reg")
+    rc = RetrainConfig(train=TRAIN)
+    v = save_challenger(reg, promoted, "A1", "test", rc)
+    assert v is not None
+    meta = reg.load(v).metadata
+    assert (
+        meta["parent"] == "champion-v1" and meta["data"]["test_start_ms"] == promoted.eval_start_ms
+    )
+    assert meta["scores"]["challenger"] == pytest.approx(promoted.scores["challenger"]["rmse"])
+    assert plot(promoted, str(tmp_path / "p.png")) and (tmp_path / "p.png").stat().st_size > 10_000
+    # prune: the champion and history stay, rejected versions beyond `keep` go, oldest first.
+    stats = FeatureStats(0.0, 0.01)
+    others = [reg.add(LSTMForecaster(CONFIG, rngs=nnx.Rngs(s)), stats) for s in range(4)]
+    reg.promote(others[0], "seed")
+    reg.promote(v, "retrain")
+    removed = prune(reg, keep=1)
+    assert removed == others[1:3]
+    assert {m["version"] for m in reg.versions()} == {v, others[0], others[3]}
