@@ -39,7 +39,13 @@ META = "metadata.json"
 
 
 class CheckpointError(RuntimeError):
-    """A checkpoint that cannot serve with this code: missing, corrupt or mismatched."""
+    """A checkpoint that cannot serve with this code. `kind` says which way, for metrics:
+    "missing" (no such model directory or files), "corrupt" (unreadable, digest or values
+    wrong) or "mismatch" (other format, config, features or shapes than expected)."""
+
+    def __init__(self, message: str, kind: str = "corrupt") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 @dataclass
@@ -141,12 +147,14 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(f.read_text())
     except FileNotFoundError:
-        raise CheckpointError(f"{path}: no {META}; not a tickcast model directory") from None
+        raise CheckpointError(
+            f"{path}: no {META}; not a tickcast model directory", "missing"
+        ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{f}: unreadable metadata ({e})") from e
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
-        raise CheckpointError(f"{path}: format {got!r}, this code reads {FORMAT!r}")
+        raise CheckpointError(f"{path}: format {got!r}, this code reads {FORMAT!r}", "mismatch")
     return meta
 
 
@@ -178,9 +186,11 @@ def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
     except (KeyError, TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: config or feature statistics invalid ({e})") from e
     if expect is not None and config != expect:
-        raise CheckpointError(f"{path}: config {config} does not match the serving config {expect}")
+        raise CheckpointError(
+            f"{path}: config {config} does not match the serving config {expect}", "mismatch"
+        )
     if not (path / "params").is_dir():
-        raise CheckpointError(f"{path}: no params/ directory; the weights are missing")
+        raise CheckpointError(f"{path}: no params/ directory; the weights are missing", "missing")
     model = LSTMForecaster(config, rngs=nnx.Rngs(0))
     target = _param_tree(model)
     ckpt = ocp.StandardCheckpointer()
@@ -197,7 +207,9 @@ def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
         }
         if want != have:
             diff = sorted(set(want.items()) ^ set(have.items()))[:4]
-            raise CheckpointError(f"{path}: stored parameters do not match the config: {diff}")
+            raise CheckpointError(
+                f"{path}: stored parameters do not match the config: {diff}", "mismatch"
+            )
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
         restored = ckpt.restore(path / "params", abstract)
     except CheckpointError:

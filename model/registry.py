@@ -118,7 +118,7 @@ class Registry:
     def load(self, version: str, **kw: Any) -> Predictor:
         """Load `version` (`checkpoint.load`; raises `CheckpointError` if it cannot serve)."""
         if not self.path(version).is_dir():
-            raise CheckpointError(f"version {version} is not in the registry {self.root}")
+            raise CheckpointError(f"{version} is not in the registry {self.root}", "missing")
         return checkpoint.load(self.path(version), **kw)
 
     def versions(self) -> list[dict[str, Any]]:

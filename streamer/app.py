@@ -194,6 +194,38 @@ class Server:
             "ready": self.ready,
         }
 
+    # ------------------------------------------------------------------ model swap
+    async def swap(self, predictor: Predictor) -> None:
+        """Serve `predictor` from the next micro-batch on, without a gap or a lost tick.
+
+        The new model's per-symbol state is built in a worker thread while this one keeps
+        serving: every held symbol warmed from its buffer, then a second round for the
+        ticks that arrived meanwhile. The last round (the few ticks since) runs between two
+        micro-batches under the batch lock, then the engine switches; every forecast carries
+        the version that made it. Raises ValueError for a model of another config."""
+        t0 = time.perf_counter()
+        async with self.lock:
+            snap = self.engine.snapshot()
+        pending = await asyncio.to_thread(self.engine.prepare_swap, predictor, snap)
+        async with self.lock:
+            snap = self.engine.snapshot()
+        await asyncio.to_thread(pending.catch_up, snap)
+        async with self.lock:
+            p0 = time.perf_counter()
+            old, caught = self.engine.finish_swap(pending)
+            pause = time.perf_counter() - p0
+        m = self.metrics
+        m.swaps.inc()
+        m.swap_pause.observe(pause)
+        m.set_model({"version": predictor.version, **predictor.config.to_dict()})
+        self.hub.announce({"type": "model", "version": predictor.version, "previous": old})
+        log.info(
+            "swapped model %s -> %s: %d symbols re-warmed in %.2f s, final round %.1f ms "
+            "(%d symbols caught up)",
+            old, predictor.version, len(snap.slots), time.perf_counter() - t0, pause * 1000,
+            caught,
+        )  # fmt: skip
+
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until `stop` is set (or SIGTERM/SIGINT when run from the CLI)."""
@@ -475,7 +507,7 @@ class Server:
             m.rejected.labels(reason).inc(n)
         m.batch.observe(len(values))
         m.step.observe(applied.step_s)
-        m.record_errors(f.sq_err_model, f.sq_err_persistence, f.n_err)
+        m.record_errors(f.sq_err_model, f.sq_err_persistence, f.n_err, f.version)
         m.symbols.set(len(self.engine))
         assert self._consumer is not None
         for p, nxt in advanced.items():
@@ -641,6 +673,7 @@ async def serving(
     )
     server = Server(settings, predictor, metrics=metrics)
     feed: FeedServer | None = None
+    follower: asyncio.Task[None] | None = None
     try:
         if settings.precompile:
             t0 = time.perf_counter()
@@ -655,6 +688,10 @@ async def serving(
                 metrics=metrics,
             )
             await feed.start()
+        if settings.models_topic:
+            from streamer.models import ModelFollower
+
+            follower = asyncio.create_task(ModelFollower(settings, server).run(stop))
         if on_ready is not None:
             on_ready(feed)
         profile = os.environ.get("TICKCAST_PROFILE")  # cProfile the serving, not the start
@@ -674,6 +711,12 @@ async def serving(
             server.stats.rejected,
         )
     finally:
+        if follower is not None:
+            stop.set()
+            try:
+                await asyncio.wait_for(follower, 10.0)
+            except (TimeoutError, asyncio.CancelledError):
+                log.warning("model follower did not stop in 10 s")
         if feed is not None:
             await feed.close()
         if http is not None:

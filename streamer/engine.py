@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 STATE_FORMAT = 1
 MARKER_KEY = b"\x00partition"  # per-partition marker record in the state topic
 _HEADER = struct.Struct("<I")
+CATCH_UP_STEPS = 8  # ticks per dispatch when a swap steps a symbol through what it missed
 
 
 @dataclass
@@ -624,7 +625,12 @@ class PendingSwap:
             t = np.arange(k_max)
             src = np.minimum(k_max - ks[None, :] + t[:, None], k_max - 1)
             xs = x[np.arange(len(sj))[None, :], src].astype(np.float32)
-            self.runtime.advance(snap.slots[sj], xs, ks)
+            # At most CATCH_UP_STEPS per dispatch: the scan lengths serving compiled already.
+            for c in range(0, k_max, CATCH_UP_STEPS):
+                live = ks > c
+                n = np.minimum(ks[live] - c, CATCH_UP_STEPS)
+                chunk = xs[c : c + int(n.max()), live]
+                self.runtime.advance(snap.slots[sj][live], chunk, n)
         for slot, sym, seq in zip(snap.slots.tolist(), snap.symbols, snap.seq.tolist(),
                                   strict=True):  # fmt: skip
             self.done[slot] = (sym, seq)

@@ -142,19 +142,87 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
+        # Model versions and hot swaps (streamer/app.py ModelFollower).
+        self.swaps = Counter("tickcast_model_swaps", "Hot swaps to a new model version",
+                             registry=r)  # fmt: skip
+        self.swap_seconds = Histogram(
+            "tickcast_model_swap_seconds",
+            "From a version's announcement to serving it: load, compile, re-warm, swap",
+            buckets=(*LATENCY_BUCKETS, 10.0, 30.0, 60.0),
+            registry=r,
+        )
+        self.swap_pause = Histogram(
+            "tickcast_model_swap_pause_seconds",
+            "The swap's final round, between two micro-batches (what ticks wait for)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.refused = Counter(
+            "tickcast_model_refused",
+            "Announced model versions refused (the serving model stays)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in ("missing", "corrupt", "mismatch", "invalid", "error"):
+            self.refused.labels(reason)
+        self.announced_score = Gauge(
+            "tickcast_model_announced_rmse",
+            "RMSE on the retrain job's evaluation slice, from the latest announcement",
+            ["model"],
+            registry=r,
+        )
+        self.rmse_by_version = Gauge(
+            "tickcast_live_rmse_by_version",
+            "Exponentially weighted RMSE of next-tick forecasts per model version that made "
+            "them (the last 3 versions; persistence over the same ticks beside it)",
+            ["version", "predictor"],
+            registry=r,
+        )
         self._alpha = 1.0 / ewm_ticks
         self._mse = {"model": math.nan, "persistence": math.nan}
+        self._by_version: dict[str, dict[str, float]] = {}
 
-    def record_errors(self, sq_model: float, sq_persistence: float, n: int) -> None:
-        """Fold one batch's squared errors into the rolling RMSE (weight of n ticks)."""
+    def record_errors(
+        self, sq_model: float, sq_persistence: float, n: int, version: str | None = None
+    ) -> None:
+        """Fold one batch's squared errors into the rolling RMSE (weight of n ticks), overall
+        and for the model `version` that made the forecasts."""
         if n == 0:
             return
         keep = (1 - self._alpha) ** n
+        per = None
+        if version is not None:
+            if version not in self._by_version:
+                self._by_version[version] = {"model": math.nan, "persistence": math.nan}
+                for old_version in list(self._by_version)[:-3]:  # bounded label set
+                    del self._by_version[old_version]
+                    for name in ("model", "persistence"):
+                        self.rmse_by_version.remove(old_version, name)
+            per = self._by_version[version]
         for name, sq in (("model", sq_model), ("persistence", sq_persistence)):
             mean = sq / n
-            old = self._mse[name]
-            self._mse[name] = mean if math.isnan(old) else keep * old + (1 - keep) * mean
+            for mse in (self._mse, per):
+                if mse is None:
+                    continue
+                old = mse[name]
+                mse[name] = mean if math.isnan(old) else keep * old + (1 - keep) * mean
             self.rmse.labels(name).set(math.sqrt(self._mse[name]))
+            if per is not None:
+                self.rmse_by_version.labels(version, name).set(math.sqrt(per[name]))
+
+    def version_rmse(self, version: str) -> dict[str, float | None]:
+        """The rolling RMSE of one model version's forecasts and of persistence beside it."""
+        mse = self._by_version.get(version, {})
+        return {k: None if math.isnan(v) else math.sqrt(v) for k, v in mse.items()}
+
+    def set_announced_scores(self, scores: Any) -> None:
+        """Export the RMSEs an announcement carries ({name: rmse} or {name: {"rmse": x}})."""
+        if not isinstance(scores, dict):
+            return
+        for name, v in scores.items():
+            rmse = v.get("rmse") if isinstance(v, dict) else v
+            if isinstance(rmse, int | float) and math.isfinite(rmse):
+                self.announced_score.labels(str(name)).set(float(rmse))
 
     def live_rmse(self) -> dict[str, float | None]:
         """The rolling RMSE of the model and of persistence (None before any error)."""

@@ -18,7 +18,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
@@ -26,7 +28,22 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
-__all__ = ["ANNOUNCE_FORMAT", "KEY", "announce", "ensure_models_topic", "parse", "read_latest"]
+from model import checkpoint
+from model.checkpoint import CheckpointError
+
+if TYPE_CHECKING:
+    from streamer.app import Server
+    from streamer.settings import Settings
+
+__all__ = [
+    "ANNOUNCE_FORMAT",
+    "KEY",
+    "ModelFollower",
+    "announce",
+    "ensure_models_topic",
+    "parse",
+    "read_latest",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +115,7 @@ async def read_latest(bootstrap: str, topic: str, timeout_s: float = 10.0) -> di
         latest: dict[str, Any] | None = None
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout_s
+
         async def behind() -> bool:
             return any([await consumer.position(tp) < end[tp] for tp in tps])
 
@@ -112,3 +130,97 @@ async def read_latest(bootstrap: str, topic: str, timeout_s: float = 10.0) -> di
         return latest
     finally:
         await consumer.stop()
+
+
+class ModelFollower:
+    """Follows the announcement topic inside `tickcast serve` and hot-swaps the server to
+    each newly announced champion.
+
+    At start it reads the topic to its end and adopts the latest announcement (a restarted
+    instance converges on the champion); then it applies each new one. A version that
+    cannot serve (not in the registry, corrupt, another config) is refused: a log line,
+    `tickcast_model_refused{reason}`, and the serving model stays. The same version
+    announced again is tried again (the registry may have been repaired).
+    """
+
+    def __init__(self, settings: Settings, server: Server) -> None:
+        self.settings = settings
+        self.server = server
+        self.metrics = server.metrics
+        self.refused: dict[str, str] = {}  # version -> reason of its last refusal
+        self.applied = 0  # announcements acted on (swapped or refused)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Until `stop`: read announcements, swap; reconnects after Kafka failures."""
+        backoff = 0.5
+        while not stop.is_set():
+            try:
+                await self._session(stop)
+                backoff = 0.5
+            except Exception as e:  # Kafka down: keep serving the current model, retry
+                log.warning("model announcements: %s: %s; retrying", type(e).__name__, e)
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(stop.wait(), backoff)
+                backoff = min(backoff * 2, 10.0)
+
+    async def _session(self, stop: asyncio.Event) -> None:
+        s = self.settings
+        await ensure_models_topic(s.kafka_bootstrap, s.models_topic, s.replication)
+        consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
+                                    fetch_max_wait_ms=200)  # fmt: skip
+        await consumer.start()
+        try:
+            tp = TopicPartition(s.models_topic, 0)
+            consumer.assign([tp])
+            await consumer.seek_to_beginning(tp)
+            end = (await consumer.end_offsets([tp]))[tp]
+            latest: dict[str, Any] | None = None
+            caught_up = False
+            while not stop.is_set():
+                got = await consumer.getmany(tp, timeout_ms=500)
+                for r in got.get(tp, []):
+                    try:
+                        latest = parse(r.value)
+                    except ValueError as e:
+                        log.error("model announcement at offset %d ignored: %s", r.offset, e)
+                        self.metrics.refused.labels("invalid").inc()
+                if not caught_up:  # adopt only the newest of what was there at start
+                    caught_up = await consumer.position(tp) >= end
+                    if not caught_up:
+                        continue
+                if latest is not None:
+                    rec, latest = latest, None
+                    await self.apply(rec)
+        finally:
+            await consumer.stop()
+
+    async def apply(self, rec: dict[str, Any]) -> bool:
+        """Load, check and swap to `rec`'s version; False if refused or already serving."""
+        version = rec["version"]
+        if version == self.server.engine.version:
+            return False
+        self.applied += 1
+        t0 = time.monotonic()
+        path = Path(self.settings.registry) / "versions" / version
+        try:
+            predictor = await asyncio.to_thread(
+                checkpoint.load, path, expect=self.server.engine.config
+            )
+            await self.server.swap(predictor)
+        except CheckpointError as e:
+            return self._refuse(version, e.kind, str(e))
+        except Exception as e:  # anything else: keep serving, say why
+            return self._refuse(version, "error", f"{type(e).__name__}: {e}")
+        self.refused.pop(version, None)
+        self.metrics.swap_seconds.observe(time.monotonic() - t0)
+        self.metrics.set_announced_scores(rec.get("scores"))
+        return True
+
+    def _refuse(self, version: str, reason: str, detail: str) -> bool:
+        self.refused[version] = reason
+        self.metrics.refused.labels(reason).inc()
+        log.error(
+            "refused model %s (%s): %s; still serving %s",
+            version, reason, detail, self.server.engine.version,
+        )  # fmt: skip
+        return False
