@@ -105,7 +105,11 @@ async def read_latest(bootstrap: str, topic: str, timeout_s: float = 10.0) -> di
                                 fetch_max_wait_ms=50)  # fmt: skip
     await consumer.start()
     try:
-        parts = await consumer.partitions_for_topic(topic) if topic else None
+        if not topic:
+            return None
+        # The consumer's partitions_for_topic is synchronous and reads only cached metadata
+        # (None for a topic it never fetched): ask the cluster.
+        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
         if not parts:
             return None
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
