@@ -66,6 +66,9 @@ kafka-up: $(STAMP) kafka-jars  ## a local Kafka broker on 127.0.0.1:9092 (detach
 kafka-down: $(STAMP)  ## stop the broker kafka-up started
 	$(BIN)/tickcast kafka down
 
+retrain: $(STAMP)  ## one champion/challenger retraining run on the ticks topic (registry in ./registry)
+	$(BIN)/tickcast retrain
+
 bundle-models: $(STAMP)  ## retrain the bundled models (minutes each)
 	$(BIN)/tickcast bundle
 
