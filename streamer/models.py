@@ -174,6 +174,9 @@ class ModelFollower:
                                     fetch_max_wait_ms=200)  # fmt: skip
         await consumer.start()
         try:
+            # Fetch the new topic's metadata first, or the consumer logs "not found" errors
+            # until its next periodic refresh (aiokafka has no public call for this).
+            await consumer._client.add_topic(s.models_topic)
             tp = TopicPartition(s.models_topic, 0)
             consumer.assign([tp])
             await consumer.seek_to_beginning(tp)
