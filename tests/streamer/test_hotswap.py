@@ -7,7 +7,9 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import shutil
+import signal
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -22,12 +24,20 @@ from model.config import ModelConfig
 from model.lstm import LSTMForecaster
 from model.registry import Registry
 from model.runtime import enable_compile_cache
-from streamer import replay
+from streamer import cli, replay
 from streamer.app import Server
-from streamer.kafka_local import LocalBroker
+from streamer.kafka_local import LocalBroker, free_port
 from streamer.models import ModelFollower, announce
 from streamer.settings import Settings
-from tests.streamer.harness import Tick, forecasts_of, fresh_settings, read_topic, reference
+from tests.streamer.harness import (
+    Tick,
+    forecasts_of,
+    fresh_settings,
+    read_topic,
+    reference,
+    serve_process,
+    wait_serving,
+)
 from tests.streamer.test_swap import perturbed
 
 
@@ -244,3 +254,78 @@ def test_a_restarted_server_adopts_the_announced_champion(
 
     asyncio.run(live(settings, server, body))
     assert counter(server, "swaps") == 1
+
+
+START, ROUND_MS = 1_700_000_000_000, 10_000_000
+
+
+def scrape(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for line in text.splitlines():
+        if line.startswith("tickcast_") and " " in line:
+            name, value = line.rsplit(" ", 1)
+            out[name] = float(value)
+    return out
+
+
+def test_serve_process_follows_promote_and_rollback_from_the_cli(
+    kafka: LocalBroker, stocks: Predictor, tmp_path: Path
+) -> None:
+    """`tickcast serve` as its own process; an operator runs `tickcast models promote V`,
+    then `tickcast models rollback`; serve swaps each time (seen on the forecasts topic and
+    in a real scrape of its metrics), without a restart."""
+    port = free_port()
+    settings = fresh_settings(kafka.bootstrap, registry=str(tmp_path / "reg"), metrics_port=port)
+    reg = Registry(settings.registry)
+    v_stocks = reg.import_dir("model/bundled/stocks")
+    reg.promote(v_stocks, "seed")
+    other = perturbed(stocks, "unused", seed=9)
+    v_new = reg.add(other.model, other.stats, {"parent": v_stocks})
+    common = ["--kafka-bootstrap", kafka.bootstrap, "--models-topic", settings.models_topic,
+              "--registry", settings.registry]  # fmt: skip
+    log = tmp_path / "serve.log"
+    proc = serve_process(settings, log)
+    try:
+        wait_serving(log)
+
+        def publish(seed: int) -> None:
+            start = START + seed * ROUND_MS  # later rounds are later in time
+            ticks = list(replay.synthetic(8, 800, seed=seed, start_ms=start))
+            asyncio.run(replay.publish(settings.kafka_bootstrap, settings.ticks_topic,
+                                       iter(ticks), rate=None, progress=False))  # fmt: skip
+
+        def wait_for(cond: Any, timeout: float = 90.0) -> dict[str, float]:
+            t0 = time.monotonic()
+            while time.monotonic() - t0 < timeout:
+                m = scrape(port)
+                if cond(m):
+                    return m
+                time.sleep(0.2)
+            raise AssertionError(f"metrics never satisfied the condition: {scrape(port)}")
+
+        publish(1)
+        wait_for(lambda m: m.get("tickcast_forecasts_published_total", 0) >= 800)
+        assert cli.main(["models", "promote", v_new, *common]) == 0
+        wait_for(lambda m: m.get("tickcast_model_swaps_total", 0) >= 1)
+        publish(2)
+        wait_for(lambda m: m.get("tickcast_forecasts_published_total", 0) >= 1600)
+        assert cli.main(["models", "rollback", *common]) == 0
+        m = wait_for(lambda m: m.get("tickcast_model_swaps_total", 0) >= 2)
+        publish(3)
+        m = wait_for(lambda m: m.get("tickcast_forecasts_published_total", 0) >= 2400)
+        info = [k for k in m if k.startswith("tickcast_model_info")]
+        assert len(info) == 1 and f'version="{v_stocks}"' in info[0], info
+        assert m['tickcast_model_refused_total{reason="corrupt"}'] == 0
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(60)
+    assert reg.champion() == v_stocks
+    fc = forecasts_of(asyncio.run(read_topic(settings.kafka_bootstrap,
+                                             settings.forecasts_topic, expect=2400)))  # fmt: skip
+    assert len(fc) == 2400
+    # Each round of ticks went out after the swap before it: one version per round.
+    served = {r: {d["model"] for d in fc if (d["ts"] - START) // ROUND_MS == r}
+              for r in (1, 2, 3)}  # fmt: skip
+    assert served == {1: {v_stocks}, 2: {v_new}, 3: {v_stocks}}
