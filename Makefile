@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup run report test test-fast lint typecheck bench bench-stream bench-fanout kafka-up kafka-down bundle-models bundle-data clean kafka-jars browser dashboard-shot
+.PHONY: help setup run report test test-fast lint typecheck bench bench-stream bench-fanout bench-swap retrain kafka-up kafka-down bundle-models bundle-data clean kafka-jars browser dashboard-shot
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -59,6 +59,9 @@ bench-stream: $(STAMP) kafka-jars  ## the stream through a real Kafka broker: ti
 
 bench-fanout: $(STAMP)  ## websocket fan-out: deliveries/s and latency to 100 and 1,000 clients
 	$(BIN)/python bench/fanout_bench.py
+
+bench-swap: $(STAMP)  ## model hot swap: each round's time and the pause, 100 to 10,000 symbols
+	$(BIN)/python bench/swap_bench.py
 
 kafka-up: $(STAMP) kafka-jars  ## a local Kafka broker on 127.0.0.1:9092 (detached)
 	$(BIN)/tickcast kafka up
