@@ -3,6 +3,7 @@
 tickcast run                      the main job on its embedded default: local broker, replay
                                   of bundled real data, serve, websocket feed and dashboard
 tickcast watch SYM...             print live forecasts from the websocket feed
+tickcast loadtest                 drive a running tickcast, report throughput and latency
 tickcast report                   evaluate every bundled model on its data (tables + plots)
 tickcast train --data D --out M   fit a model on a bundled data set or a CSV
 tickcast evaluate --data D [--model M] [--json] [--plot out.png]
@@ -204,6 +205,30 @@ def _watch(args: argparse.Namespace) -> int:
     return watch_main(args.url, args.symbols, args.token, args.count, args.json)
 
 
+def _loadtest(args: argparse.Namespace) -> int:
+    """Drive a running tickcast: produce ticks for S symbols at a rate (or a ramp of rates)
+    to its ticks topic, follow them with M websocket clients on its feed, and report
+    throughput, tick-to-client latency, conflation, losses and errors. Exit 1 if anything
+    was lost or erred."""
+    from streamer import loadtest
+    from streamer.settings import from_args
+
+    settings = from_args(args)
+    if args.ramp:
+        rates = loadtest.parse_ramp(args.ramp)
+        step_s = args.step_seconds
+    else:
+        rates, step_s = (float(args.rate),), float(args.seconds)
+    plan = loadtest.Plan(
+        bootstrap=settings.kafka_bootstrap, ticks_topic=settings.ticks_topic, feed_url=args.feed,
+        token=args.token, symbols=args.symbols, rates=rates, step_s=step_s,
+        warmup_s=args.warmup, clients=args.clients, per_client=args.per_client, procs=args.procs,
+        drain_s=args.drain, max_ticks=args.max_ticks, slo_ms=args.slo_ms, seed=args.seed,
+        metrics_url=args.metrics,
+    )  # fmt: skip
+    return loadtest.main(plan, args.json, args.plots, progress=not args.quiet)
+
+
 def _report(args: argparse.Namespace) -> int:
     """Every bundled model evaluated on its bundled series, with plots."""
     from model.data import BUNDLED
@@ -384,6 +409,47 @@ def build_parser() -> argparse.ArgumentParser:
          if n not in ("kafka_bootstrap", "replication", "instance", "group")],
     )  # fmt: skip
     p.set_defaults(func=_run)
+
+    p = sub.add_parser(
+        "loadtest",
+        help="drive a running tickcast (ticks in, websocket clients out) and report capacity",
+        description=_loadtest.__doc__,
+    )
+    g = p.add_argument_group("load")
+    g.add_argument("--symbols", type=int, default=100, help="symbols ticking (default 100)")
+    g.add_argument("--rate", type=float, default=1000.0, help="ticks/s (default 1000)")
+    g.add_argument("--seconds", type=float, default=20.0,
+                   help="scored seconds at --rate (default 20)")  # fmt: skip
+    g.add_argument("--ramp", metavar="START:STOP:STEP",
+                   help="rates to step through, ticks/s (instead of --rate)")  # fmt: skip
+    g.add_argument("--step-seconds", type=float, default=10.0,
+                   help="seconds per ramp step (default 10)")  # fmt: skip
+    g.add_argument("--warmup", type=float, default=3.0, help="unscored seconds first (default 3)")
+    g.add_argument("--max-ticks", type=int, default=5_000_000,
+                   help="stop producing after this many (default 5,000,000)")  # fmt: skip
+    g.add_argument("--seed", type=int, default=0, help="prices and subscriptions (default 0)")
+    c = p.add_argument_group("clients")
+    c.add_argument("--feed", default="ws://127.0.0.1:8765/ws",
+                   help="feed URL (default ws://127.0.0.1:8765/ws)")  # fmt: skip
+    c.add_argument("--token", default=os.environ.get("TICKCAST_FEED_TOKEN") or None,
+                   help="bearer token [TICKCAST_FEED_TOKEN]")  # fmt: skip
+    c.add_argument("--clients", type=int, default=10, help="websocket clients (default 10)")
+    c.add_argument("--per-client", type=int, default=10,
+                   help="random symbols each client follows; 0: all (default 10)")  # fmt: skip
+    c.add_argument("--procs", type=int, default=1,
+                   help="worker processes for the clients (default 1)")  # fmt: skip
+    c.add_argument("--drain", type=float, default=10.0,
+                   help="seconds to wait for the last forecasts (default 10)")  # fmt: skip
+    o = p.add_argument_group("output")
+    o.add_argument("--slo-ms", type=float, default=50.0,
+                   help="p99 bound for the sustained rate (default 50)")  # fmt: skip
+    o.add_argument("--metrics", metavar="URL",
+                   help="the server's /metrics URL: its latency breakdown")  # fmt: skip
+    o.add_argument("--json", metavar="FILE", help="write the report as JSON")
+    o.add_argument("--plots", metavar="DIR", help="write latency, histogram, throughput PNGs")
+    o.add_argument("--quiet", action="store_true", help="no live progress lines")
+    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic"])
+    p.set_defaults(func=_loadtest)
 
     p = sub.add_parser(
         "report",
