@@ -4,9 +4,10 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 CHROMIUM ?= /usr/bin/chromium
+PROMETHEUS ?= /usr/bin/prometheus
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup run report test test-fast lint typecheck bench bench-stream bench-fanout bench-swap retrain kafka-up kafka-down bundle-models bundle-data clean kafka-jars browser dashboard-shot
+.PHONY: help setup run report test test-fast lint typecheck bench bench-stream bench-fanout bench-swap retrain kafka-up kafka-down bundle-models bundle-data clean kafka-jars browser dashboard-shot prometheus test-deploy
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -29,13 +30,19 @@ report: $(STAMP)  ## evaluate every bundled model on its bundled data (tables, p
 browser:  ## Debian's Chromium for the dashboard test (apt-get when missing)
 	@test -x $(CHROMIUM) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q chromium; }
 
+prometheus:  ## Debian's Prometheus and promtool for the deploy tests (apt-get when missing)
+	@test -x $(PROMETHEUS) || { $(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q --no-install-recommends prometheus; }
+
+test-deploy: $(STAMP) kafka-jars prometheus  ## compose/Dockerfile/Grafana checks; a real Prometheus on a live serve
+	$(BIN)/pytest tests/deploy
+
 dashboard-shot: $(STAMP) kafka-jars browser  ## browser test, saving bench/results/dashboard.png
 	TICKCAST_SAVE_SCREENSHOT=1 $(BIN)/pytest tests/streamer/test_dashboard.py
 
 kafka-jars: $(STAMP)  ## fetch the pinned Kafka broker's jars with Maven (once; see deploy/kafka)
 	$(BIN)/python -c 'from streamer.kafka_local import ensure_jars; ensure_jars(quiet=False)'
 
-test: $(STAMP) kafka-jars browser  ## lint, type-check and the whole test suite (what CI runs)
+test: $(STAMP) kafka-jars browser prometheus  ## lint, type-check and the whole test suite (what CI runs)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
