@@ -227,6 +227,7 @@ class Feed:
         self.hub = hub
         self.limits = limits
         self.status = status or dict
+        self._beat_stats: dict[str, Any] | None = None  # the heartbeat round's stats
         self.metrics = metrics
         self.clock = clock
         self.clients: dict[int, Client] = {}
@@ -286,15 +287,20 @@ class Feed:
         if self.metrics is not None:
             self.metrics.feed_send.observe(time.perf_counter() - since)
 
-    def heartbeat(self) -> list[Client]:
-        """Queue a heartbeat on every connection; returns the clients to close as slow: a
-        send blocked longer than `slow_close_s`, or more than `CONTROL_LIMIT` control
-        messages waiting."""
+    def heartbeat(self, part: int = 0, parts: int = 1) -> list[Client]:
+        """Queue a heartbeat on the connections of slice `part` of `parts` (by client id;
+        the server walks the slices over each heartbeat interval, so 1,000 clients do not
+        get 1,000 frames in one burst); returns the clients to close as slow: a send
+        blocked longer than `slow_close_s`, or more than `CONTROL_LIMIT` control messages
+        waiting. The stats are computed once per round, at slice 0."""
         now = self.clock()
-        stats = {**self.status(), "connections": len(self.clients)}
-        body = _body("heartbeat", {"time": int(time.time() * 1000), "stats": stats})
+        if part == 0 or self._beat_stats is None:
+            self._beat_stats = {**self.status(), "connections": len(self.clients)}
+        body = _body("heartbeat", {"time": int(time.time() * 1000), "stats": self._beat_stats})
         slow = []
         for c in self.clients.values():
+            if c.id % parts != part:
+                continue
             since = c.blocked_since
             if (since is not None and now - since > self.limits.slow_close_s) or len(
                 c.outbox.control

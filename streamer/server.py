@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 STATIC = Path(__file__).with_name("static")
 CLOSE_SLOW = 4001
+BEAT_SLICES = 10  # heartbeats go out a tenth of the connections at a time
 CLOSE_POLICY = 1008
 CLOSE_TRY_LATER = 1013
 
@@ -211,10 +212,14 @@ class FeedServer:
                     break
 
     async def _beat(self) -> None:
+        """Heartbeats in `BEAT_SLICES` slices spread over each interval: every client gets
+        one per interval, and no slice is a burst of every connection's frame at once."""
+        part = 0
         while True:
-            await asyncio.sleep(self.limits.heartbeat_s)
+            await asyncio.sleep(self.limits.heartbeat_s / BEAT_SLICES)
             try:
-                slow = self.feed.heartbeat()
+                slow = self.feed.heartbeat(part, BEAT_SLICES)
+                part = (part + 1) % BEAT_SLICES
             except Exception:  # a status() failure must not end the heartbeats
                 log.exception("feed heartbeat failed")
                 continue

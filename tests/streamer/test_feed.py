@@ -275,3 +275,15 @@ def test_heartbeat_carries_stats_and_flags_blocked_clients(feed: Feed) -> None:
     assert b.recv() == []  # a blocked client's heartbeats are not queued
     feed.now[0] += 10  # type: ignore[attr-defined]
     assert feed.heartbeat() == [b.client]
+
+
+def test_heartbeat_slices_cover_every_client_once_per_round(feed: Feed) -> None:
+    conns = [Conn(feed) for _ in range(7)]
+    for c in conns:
+        c.recv()
+    got = []
+    for part in range(3):
+        assert feed.heartbeat(part, 3) == []
+        got.append([i for i, c in enumerate(conns) if c.recv()])
+    assert sorted(i for g in got for i in g) == list(range(7))  # each exactly once
+    assert all(len(g) < 7 for g in got)  # and never all in one burst

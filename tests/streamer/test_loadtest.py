@@ -71,10 +71,12 @@ def test_steps_and_the_sustained_rate() -> None:
     assert steps[1]["max_ms"] == 90.0 and steps[2]["conflated"] == 4
     for s, target, made in zip(steps, (100, 200, 300), (100, 199, 300), strict=True):
         s["target_per_s"], s["ticks_per_s"] = target, made
-    assert sustained(steps, 50.0) == 100  # step 2's p99 is over 50 ms
+    assert sustained(steps, 50.0) == 100  # step 2's p99 is over 50 ms, step 3 conflated
     steps[1]["p99_ms"] = 10.0
-    assert sustained(steps, 50.0) == 200  # step 3 conflated
+    assert sustained(steps, 50.0) == 200
     steps[0]["ticks_per_s"] = 50  # the producer could not hold the first rate
+    assert sustained(steps, 50.0) == 200  # the highest step that held
+    steps[1]["ticks_per_s"] = 150
     assert sustained(steps, 50.0) is None
 
 
