@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import cProfile
+import gc
 import logging
 import os
 import signal
@@ -692,6 +693,11 @@ async def serving(
             from streamer.models import ModelFollower
 
             follower = asyncio.create_task(ModelFollower(settings, server).run(stop))
+        # Everything allocated so far (modules, compiled kernels, buffers) lives as long as
+        # the process: keep it out of the collector's full passes, which otherwise scan it
+        # all and stall the loop for milliseconds at a time under load.
+        gc.collect()
+        gc.freeze()
         if on_ready is not None:
             on_ready(feed)
         profile = os.environ.get("TICKCAST_PROFILE")  # cProfile the serving, not the start

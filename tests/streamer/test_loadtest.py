@@ -33,7 +33,7 @@ def test_book_counts_deliveries_latency_and_nothing_lost() -> None:
     b.on_message(update(3, [("A", 1, 100.0), ("B", 1, 100.0)]), 110.0)
     b.on_message(update(4, [("A", 2, 200.0)]), 230.0)
     b.on_message({"type": "heartbeat", "seq": 5}, 0)
-    assert b.delivered == 3 and b.lat_ms == [10.0, 10.0, 30.0]
+    assert b.delivered == 3 and b.lat_ms.tolist() == [10.0, 10.0, 30.0]
     assert b.caught_up({"A": 2, "B": 1}, ["A", "B"])
     assert b.lost({"A": 2, "B": 1}, ["A", "B"]) == 0
 
