@@ -7,7 +7,7 @@ CHROMIUM ?= /usr/bin/chromium
 PROMETHEUS ?= /usr/bin/prometheus
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: help setup run report test test-fast lint typecheck bench bench-stream bench-fanout bench-swap retrain kafka-up kafka-down bundle-models bundle-data clean kafka-jars browser dashboard-shot prometheus test-deploy
+.PHONY: help setup run report test test-fast lint typecheck bench bench-stream bench-fanout bench-swap bench-capacity retrain kafka-up kafka-down bundle-models bundle-data clean kafka-jars browser dashboard-shot prometheus test-deploy
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -69,6 +69,9 @@ bench-fanout: $(STAMP)  ## websocket fan-out: deliveries/s and latency to 100 an
 
 bench-swap: $(STAMP)  ## model hot swap: each round's time and the pause, 100 to 10,000 symbols
 	$(BIN)/python bench/swap_bench.py
+
+bench-capacity: $(STAMP) kafka-jars  ## one instance's sustained ticks/s at p99 < 50 ms (tickcast loadtest)
+	$(BIN)/python bench/capacity.py
 
 kafka-up: $(STAMP) kafka-jars  ## a local Kafka broker on 127.0.0.1:9092 (detached)
 	$(BIN)/tickcast kafka up
