@@ -109,6 +109,8 @@ class _Partition:
     publish_from: int  # ticks before this already have their forecasts published
     checkpointed: int = -1  # next_offset at the last marker written
     checkpoint_time: float = 0.0  # time.monotonic() of that marker
+    round: list[str] | None = None  # symbols still to write in a checkpoint round
+    round_start: int = -1  # next_offset when that round began: its marker
     reseeked: bool = False  # a seek back to next_offset is pending
 
 
@@ -423,7 +425,7 @@ class Server:
     def _checkpoint_due(self) -> bool:
         """While idle: is some partition's state behind its position and due?"""
         now = time.monotonic()
-        return any(
+        return any(st.round is not None for st in self.parts.values()) or any(
             st.checkpointed != st.next_offset
             and now - st.checkpoint_time >= self.settings.checkpoint_interval_s
             for st in self.parts.values()
@@ -469,7 +471,7 @@ class Server:
         decoded, bad = decode(values, keys)
         partition = np.asarray(part, np.int32)
         offset = np.asarray(offs, np.int64)
-        applied = self.engine.apply(decoded, partition, offset)
+        applied = self.engine.apply(decoded, partition, offset, skip_applied=True)
         f = applied.forecasts
         rejected = bad + applied.rejected
         if applied.evicted:
@@ -534,36 +536,66 @@ class Server:
         advanced = advanced or {}
         scope = only if only is not None else list(self.parts)
         now = time.monotonic()
+        chunk = max(1, self.settings.checkpoint_chunk)
+        full: list[int] = []  # partitions checkpointed whole in this batch
         if force_checkpoint:
-            cp = scope
+            full = scope
         else:
             # Never-checkpointed partitions at once; otherwise the one checkpointed longest
             # ago, if it is due: one partition at a time keeps each burst small.
-            cp = [p for p in scope if self.parts[p].checkpointed < 0]
-            behind = [p for p in scope if self.parts[p].checkpointed != self.parts[p].next_offset
-                      or p in self.engine.tombstones]  # fmt: skip
+            full = [p for p in scope if self.parts[p].checkpointed < 0]
+            behind = [p for p in scope if self.parts[p].round is None
+                      and (self.parts[p].checkpointed != self.parts[p].next_offset
+                           or p in self.engine.tombstones)]  # fmt: skip
             oldest = min(behind, key=lambda p: self.parts[p].checkpoint_time, default=None)
             if (
                 oldest is not None
                 and now - self.parts[oldest].checkpoint_time >= self.settings.checkpoint_interval_s
-                and oldest not in cp
+                and oldest not in full
             ):
-                cp.append(oldest)
+                dirty = self.engine.dirty_symbols(oldest)
+                if len(dirty) <= chunk:
+                    full.append(oldest)
+                else:  # a round: `chunk` records a batch, the marker with the last chunk
+                    st = self.parts[oldest]
+                    st.round = dirty
+                    st.round_start = advanced.get(oldest, st.next_offset)
         # While re-applying ticks after a restore the position is below the committed
         # offset; committing it would move the group back and republish those forecasts.
         out = _Outgoing(
             offsets={p: max(o, self.parts[p].publish_from) for p, o in advanced.items()}
         )
-        if cp:
-            records = self.engine.checkpoint(cp)
-            for p in cp:
+        records: dict[int, list[tuple[bytes, bytes | None]]] = {}
+        if full:
+            records = self.engine.checkpoint(full)
+            for p in full:
                 nxt = advanced.get(p, self.parts[p].next_offset)
                 records[p].append((MARKER_KEY, encode_marker(nxt, self.engine.version)))
-                self.parts[p].checkpointed = nxt
-                self.parts[p].checkpoint_time = now
+                self._marked(p, nxt, now)
+        for p in scope:
+            st = self.parts[p]
+            if st.round is None or p in full:
+                continue
+            # Each record holds its symbol's state as of now, past the round's start; the
+            # marker (the round's start) goes out once every symbol dirty then is written,
+            # so a restore from it replays what each record lacks (`skip_applied` drops
+            # the ticks a record already holds).
+            part, st.round = st.round[:chunk], st.round[chunk:]
+            got = self.engine.checkpoint_symbols(part).get(p, [])
+            if not st.round:
+                got += self.engine.tombstones_of(p)
+                got.append((MARKER_KEY, encode_marker(st.round_start, self.engine.version)))
+                self._marked(p, st.round_start, now)
+            records.setdefault(p, []).extend(got)
+        if records:
             out.state = records
             self._last_checkpoint = now
         return out
+
+    def _marked(self, p: int, nxt: int, now: float) -> None:
+        st = self.parts[p]
+        st.checkpointed, st.checkpoint_time = nxt, now
+        st.round, st.round_start = None, -1
 
     async def _send(self, out: _Outgoing) -> None:
         """Publish forecasts, dead letters, checkpoints and offsets: atomically in one Kafka
@@ -594,7 +626,7 @@ class Server:
             n_state = 0
             for p, recs in out.state.items():
                 futs += await self._send_records(s.state_topic, p, recs)
-                n_state += len(recs) - 1
+                n_state += sum(k != MARKER_KEY for k, _ in recs)
             self.metrics.checkpoints.inc(n_state)
             return futs
 

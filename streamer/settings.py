@@ -38,6 +38,7 @@ class Settings:
     idle_evict_s: float = 3600.0
     exactly_once: bool = True
     checkpoint_interval_s: float = 5.0
+    checkpoint_chunk: int = 500
     max_batch: int = 20000
     precompile: bool = True
     fetch_wait_ms: int = 5
@@ -85,6 +86,8 @@ HELP: dict[str, str] = {
     "exactly_once": "Kafka transactions: forecasts, state and offsets commit atomically "
     "(--no-exactly-once: at-least-once, forecasts carry (partition, offset) to dedupe)",
     "checkpoint_interval_s": "seconds between per-symbol state checkpoints",
+    "checkpoint_chunk": "most state records one micro-batch writes: a partition's checkpoint "
+    "with more dirty symbols is spread over several micro-batches",
     "max_batch": "most ticks taken from Kafka per micro-batch",
     "precompile": "compile the common batch shapes before consuming (no compile stalls on "
     "live ticks; compiled code is cached on disk across restarts)",

@@ -43,6 +43,7 @@ def fresh_settings(bootstrap: str, **kw: Any) -> Settings:
         metrics_port=0,
         feed_port=0,  # no websocket feed unless a test asks for one (ports would clash)
         checkpoint_interval_s=0.5,
+        checkpoint_chunk=3,  # checkpoint rounds span several micro-batches in every test
     )
     return replace(base, **kw)
 

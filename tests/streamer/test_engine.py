@@ -245,3 +245,25 @@ def test_a_symbol_ticking_in_the_batch_is_never_evicted_for_a_newcomer(stocks: P
     now[0] = 2.0
     seq, evicted = batch(["C", "A"], 2)  # A is the least recently seen, but ticks now
     assert evicted == ["B"] and seq == [1, 2]
+
+
+def test_skip_applied_drops_ticks_a_state_already_holds(stocks: Predictor) -> None:
+    """Replaying from a checkpoint marker over symbols checkpointed later than it: the
+    ticks each state already holds are dropped, the rest applied once."""
+    series = head(data.load("stocks"), 150)
+    ticks = list(interleave(series))
+    good, bad = decode([encode(*t) for t in ticks], [t[0].encode() for t in ticks])
+    assert bad == []
+    part, offs = np.zeros(len(good), np.int32), np.arange(len(good))
+    a, b = Engine(stocks), Engine(stocks)
+    a.apply(good, part, offs)
+    half = len(good) // 2
+    first = Decoded(good.symbols[:half], good.ts[:half], good.price[:half], good.volume[:half],
+                    good.index[:half])  # fmt: skip
+    b.apply(first, part, offs)
+    again = b.apply(good, part, offs, skip_applied=True)  # the first half is held already
+    assert len(again.forecasts) == len(good) - half and not again.rejected
+    for sym in a.slot_of:
+        np.testing.assert_array_equal(a.runtime.states_of([a.slot_of[sym]]),
+                                      b.runtime.states_of([b.slot_of[sym]]))  # fmt: skip
+    assert len(b.apply(good, part, offs, skip_applied=True).forecasts) == 0

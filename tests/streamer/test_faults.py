@@ -5,6 +5,7 @@ an uninterrupted run's."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import random
 import re
@@ -214,4 +215,59 @@ def test_a_cluster_node_killed_mid_stream(
         s, ticks, tmp_path / "serve.log",
         lambda: kafka_cluster.kill_node(0), lambda: kafka_cluster.start_node(0), 500,
     )  # fmt: skip
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+
+
+def test_crash_mid_checkpoint_round_resumes_exactly(kafka: LocalBroker, stocks: Predictor) -> None:
+    """A checkpoint round spreads a partition's state records over several micro-batches
+    and writes its marker (the round's start) with the last. A crash after some of those
+    records committed leaves records newer than the marker: the next session replays from
+    the marker and must drop the ticks such a record already holds (`skip_applied`), or it
+    would apply them twice and every later forecast of that symbol would differ."""
+    from streamer.app import Server, ensure_topics
+
+    s = fresh_settings(kafka.bootstrap, checkpoint_chunk=1, checkpoint_interval_s=0.3,
+                       precompile=False)  # fmt: skip
+    # Five ticks per symbol share each timestamp: the stale-timestamp check cannot tell a
+    # replayed tick from a new one, only its offset can.
+    t0 = 1_700_000_000_000
+    ticks = [
+        (sym, t0 + (ts - t0) // 5, p, v) for sym, ts, p, v in replay.synthetic(30, 9000, seed=5)
+    ]
+
+    async def go() -> list[dict[str, Any]]:
+        await ensure_topics(s)
+        first = Server(s, stocks)
+        task = asyncio.create_task(first.run(asyncio.Event()))
+        feed = asyncio.create_task(stream_part(s, ticks, rate=900))
+        crashed = False
+        seen: dict[tuple[int, int], tuple[float, int]] = {}  # round -> (records, batches)
+        while not feed.done() and not crashed:  # until a round is half written, committed
+            await asyncio.sleep(0.001)
+            written = first.metrics.checkpoints._value.get()
+            for p, st in list(first.parts.items()):
+                if st.round is None or first.stats.batches < 10:
+                    continue
+                r0, b0 = seen.setdefault((p, st.round_start), (written, first.stats.batches))
+                # Two records out and three batches since: the first chunks' transactions
+                # have committed (a batch starts sending only after the one before it).
+                if written - r0 >= 2 and first.stats.batches - b0 >= 3 and len(st.round) >= 2:
+                    task.cancel()  # no graceful checkpoint: the round stays half written
+                    crashed = True
+                    break
+        assert crashed, "no checkpoint round was caught in flight"
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        second = Server(s, stocks)  # same instance name: fences the first's transaction
+        stop = asyncio.Event()
+        task = asyncio.create_task(second.run(stop))
+        await feed
+        fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks),
+                              timeout_s=120)  # fmt: skip
+        stop.set()
+        await task
+        assert second.stats.replayed > 0
+        return forecasts_of(fc)
+
+    fc = asyncio.run(go())
     check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
