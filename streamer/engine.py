@@ -116,6 +116,7 @@ class Engine:
         self.volumes = np.full((s, r), np.nan, np.float64)
         self.count = np.zeros(s, np.int64)  # ticks applied since the state started
         self.seq = np.zeros(s, np.int64)  # ticks applied over the symbol's life here
+        self.gen = np.zeros(s, np.int64)  # bumped when a slot's state starts over
         self.last_ts = np.zeros(s, np.int64)
         self.partition = np.full(s, -1, np.int32)
         self.offset = np.full(s, -1, np.int64)
@@ -163,6 +164,7 @@ class Engine:
         self.symbol_at[slot] = symbol
         self.count[slot] = 0
         self.seq[slot] = 0
+        self.gen[slot] += 1  # a new life in this slot: a pending swap must re-warm it
         self.partition[slot] = -1
         self.last_forecast[slot] = np.nan
         return slot
@@ -521,6 +523,7 @@ class Engine:
             self.prices[slot], self.times[slot], self.volumes[slot] = prices, times, volumes
             self.partition[slot], self.offset[slot], self.count[slot], self.seq[slot] = meta
             self.last_ts[slot] = last_ts
+            self.gen[slot] += 1
             self.last_seen[slot] = self.clock()
             self.dirty[slot] = False
             same = h["model"] == self.version and tuple(h["hc"]) == expect
@@ -556,7 +559,7 @@ class Engine:
         slots = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
         return Snapshot(
             slots, [self.symbol_at[s] or "" for s in slots.tolist()], self.seq[slots].copy(),
-            self.prices[slots], self.times[slots], self.volumes[slots],
+            self.prices[slots], self.times[slots], self.volumes[slots], self.gen[slots].copy(),
         )  # fmt: skip
 
     def _live(self) -> Snapshot:
@@ -564,7 +567,7 @@ class Engine:
         slots = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
         return Snapshot(
             slots, [self.symbol_at[s] or "" for s in slots.tolist()], self.seq[slots],
-            self.prices[slots], self.times[slots], self.volumes[slots],
+            self.prices[slots], self.times[slots], self.volumes[slots], self.gen[slots],
         )  # fmt: skip
 
     def prepare_swap(self, predictor: Predictor, snap: Snapshot) -> PendingSwap:
@@ -608,6 +611,7 @@ class Snapshot:
     prices: np.ndarray
     times: np.ndarray
     volumes: np.ndarray
+    gen: np.ndarray  # [n] the slot's generation: another value means its state restarted
 
 
 @dataclass
@@ -622,7 +626,7 @@ class PendingSwap:
 
     predictor: Predictor
     runtime: Any  # model.runtime.Runtime
-    done: dict[int, tuple[str, int]]
+    done: dict[int, tuple[str, int, int]]  # slot -> (symbol, generation, seq)
 
     def catch_up(self, snap: Snapshot) -> int:
         """Advance the new state to `snap`; returns how many symbols it touched."""
@@ -630,10 +634,12 @@ class PendingSwap:
         w, r = cfg.window, snap.prices.shape[1]
         limit = r - w + 1
         step_rows, step_k, warm_rows = [], [], []
+        gens = snap.gen.tolist()
         for j, (slot, sym, seq) in enumerate(zip(snap.slots.tolist(), snap.symbols,
                                                  snap.seq.tolist(), strict=True)):  # fmt: skip
             before = self.done.get(slot)
-            k = seq - before[1] if before is not None and before[0] == sym else -1
+            same = before is not None and before[:2] == (sym, gens[j])
+            k = seq - before[2] if same and before is not None else -1
             if k == 0:
                 continue
             if 1 <= k <= limit:
@@ -661,9 +667,9 @@ class PendingSwap:
                 n = np.minimum(ks[live] - c, CATCH_UP_STEPS)
                 chunk = xs[c : c + int(n.max()), live]
                 self.runtime.advance(snap.slots[sj][live], chunk, n)
-        for slot, sym, seq in zip(snap.slots.tolist(), snap.symbols, snap.seq.tolist(),
-                                  strict=True):  # fmt: skip
-            self.done[slot] = (sym, seq)
+        for slot, sym, g, seq in zip(snap.slots.tolist(), snap.symbols, gens,
+                                     snap.seq.tolist(), strict=True):  # fmt: skip
+            self.done[slot] = (sym, int(g), seq)
         return len(step_rows) + len(warm_rows)
 
 

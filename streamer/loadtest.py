@@ -476,6 +476,7 @@ async def run(plan: Plan, progress: bool = True) -> dict[str, Any]:
         parent, child = ctx.Pipe()
         p = ctx.Process(target=client_worker, args=(plan, share, child, queue), daemon=True)
         p.start()
+        child.close()  # only the worker holds it: its death is then EOF here, not a hang
         pipes.append(parent)
         procs.append(p)
     loop = asyncio.get_running_loop()

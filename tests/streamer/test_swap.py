@@ -149,3 +149,31 @@ def test_a_model_of_another_config_is_refused_before_any_work(stocks: Predictor)
     with pytest.raises(ValueError, match="differs from the serving"):
         engine.prepare_swap(other, engine.snapshot())
     assert engine.version == stocks.version
+
+
+def test_a_symbol_evicted_and_back_in_its_old_slot_is_rewarmed(stocks: Predictor) -> None:
+    """Free slots are reused last-in first-out: a symbol evicted between rounds usually
+    comes back in its own slot with its tick count restarted. The swap must see a new life
+    there (the slot's generation), not step its stale state."""
+    new = perturbed(stocks, "B", seed=3)
+    series = head(data.load("stocks"), 300)
+    ticks = round_robin(series)
+    n = len(series)
+    engine = Engine(stocks, max_symbols=8)
+    run(engine, ticks[: 100 * n])
+    pending = engine.prepare_swap(new, engine.snapshot())
+    sym = series[0].symbol
+    slot = engine.slot_of[sym]
+    engine._release(slot, tombstone=True)  # evicted ...
+    engine.runtime.reset([slot])
+    back = [t for t in ticks[100 * n :] if t[0] == sym][:130]
+    run(engine, back)  # ... and back: same slot, seq restarted, now 130 (30 past the 100)
+    assert engine.slot_of[sym] == slot
+    engine.finish_swap(pending)
+    ref = Engine(stocks, max_symbols=8)
+    run(ref, back)
+    ref.predictor, ref.stats, ref.version = new, new.stats, new.version
+    ref.runtime = new.runtime(8, min_bucket=8)
+    ref.rewarm([ref.slot_of[sym]])
+    want = ref.runtime.states_of([ref.slot_of[sym]])
+    np.testing.assert_allclose(engine.runtime.states_of([slot]), want, rtol=2e-5, atol=1e-6)
