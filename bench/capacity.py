@@ -38,8 +38,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.kafka_local import LocalBroker, free_port  # noqa: E402
-from streamer.loadtest import Plan, format_report, run  # noqa: E402
+from streamer.kafka.local import LocalBroker, free_port  # noqa: E402
+from streamer.tools.loadtest import Plan, format_report, run  # noqa: E402
 
 DEFAULT_CELLS = [
     "100:10:10:1000,2000,4000,8000,16000,32000",

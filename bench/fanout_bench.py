@@ -1,6 +1,6 @@
 """Websocket fan-out: how many forecast deliveries a second the feed holds, at what latency.
 
-The feed server (`streamer.server.FeedServer`, the one `tickcast serve` runs) runs in this
+The feed server (`streamer.feed.server.FeedServer`, the one `tickcast serve` runs) runs in this
 process on uvloop with a publisher task standing in for the stream: every `--batch-ms` it
 publishes one micro-batch of forecasts to the hub, `--rate` forecasts a second in all, over
 `--universe` symbols. The payloads have the real schema (and size, ~330 bytes) plus a `pub`
@@ -38,9 +38,9 @@ import orjson
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.hub import Hub  # noqa: E402
-from streamer.kafka_local import free_port  # noqa: E402
-from streamer.server import FeedServer  # noqa: E402
+from streamer.feed.hub import Hub  # noqa: E402
+from streamer.feed.server import FeedServer  # noqa: E402
+from streamer.kafka.local import free_port  # noqa: E402
 from streamer.settings import Settings  # noqa: E402
 
 

@@ -52,7 +52,7 @@ from flax import nnx
 
 from model.config import ModelConfig
 from model.lstm import LSTMForecaster
-from model.runtime import Runtime, bucket
+from model.runtime import Runtime, bucket, configure_jax
 
 Cell = dict[str, Any]
 Maker = Callable[[int], Callable[[], object]]
@@ -251,6 +251,7 @@ def machine() -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
+    configure_jax()
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="sizes 1,64 and short timings")
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 1,64,1024,16384)")

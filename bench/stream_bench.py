@@ -1,7 +1,7 @@
 """The whole stream through a real Kafka broker: sustained ticks/s and tick→forecast latency.
 
 Everything runs on this machine as it would in production: a local Apache Kafka broker
-(`streamer.kafka_local`), `tickcast serve` in its own process (exactly-once unless told),
+(`streamer.kafka.local`), `tickcast serve` in its own process (exactly-once unless told),
 `tickcast replay --synthetic S` in another process as the feed, and this script as the
 forecast subscriber (read_committed). For each number of symbols S:
 
@@ -40,7 +40,7 @@ from aiokafka import AIOKafkaConsumer
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.kafka_local import LocalBroker, free_port  # noqa: E402
+from streamer.kafka.local import LocalBroker, free_port  # noqa: E402
 
 PLAN = {1: [1000], 100: [1000, 5000], 1000: [5000, 20000], 10000: [5000, 20000]}
 BACKLOG = {1: 100_000, 100: 300_000, 1000: 400_000, 10000: 400_000}

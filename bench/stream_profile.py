@@ -27,7 +27,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from streamer.kafka_local import LocalBroker, free_port  # noqa: E402
+from streamer.kafka.local import LocalBroker, free_port  # noqa: E402
 
 AREAS = [  # (label, regex on "file:line(function)"), first match wins
     ("waiting in epoll (broker, other processes)", r"select\.epoll|method 'poll'"),
@@ -37,11 +37,12 @@ AREAS = [  # (label, regex on "file:line(function)"), first match wins
     ("aiokafka consumer (fetch, record decode)",
      r"aiokafka/(consumer|record|protocol|conn|client)"),
     ("aiokafka producer (batches, transactions)", r"aiokafka/producer"),
-    ("tick decode + validation (streamer/ticks.py)", r"streamer/ticks\.py|orjson\.loads"),
-    ("forecast payloads (streamer/hub.py)", r"streamer/hub\.py|orjson\.dumps"),
-    ("engine host work (streamer/engine.py, features, numpy)",
-     r"streamer/engine\.py|model/features\.py|numpy"),
-    ("serve loop + metrics (streamer/app.py, prometheus)", r"streamer/app\.py|prometheus_client"),
+    ("tick decode + validation (streamer/core/ticks.py)", r"streamer/core/ticks\.py|orjson\.loads"),
+    ("forecast payloads (streamer/feed/hub.py)", r"streamer/core/forecasts\.py|orjson\.dumps"),
+    ("engine host work (streamer/core/engine.py, features, numpy)",
+     r"streamer/core/|model/features\.py|numpy"),
+    ("serve loop + metrics (streamer/serve/, prometheus)",
+     r"streamer/serve/|prometheus_client"),
     ("asyncio + other", r"."),
 ]  # fmt: skip
 

@@ -37,23 +37,23 @@ import numpy as np  # noqa: E402
 from flax import nnx  # noqa: E402
 
 from model import checkpoint  # noqa: E402
-from model.checkpoint import Predictor  # noqa: E402
+from model.checkpoint import LoadedModel  # noqa: E402
 from model.lstm import LSTMForecaster, load_params_into  # noqa: E402
-from model.runtime import enable_compile_cache  # noqa: E402
-from streamer.engine import Engine  # noqa: E402
-from streamer.ticks import Decoded  # noqa: E402
+from model.runtime import configure_jax  # noqa: E402
+from streamer.core.engine import Engine  # noqa: E402
+from streamer.core.ticks import Decoded  # noqa: E402
 
 LAG = 5  # micro-batches that pass while round 1 runs (it takes longer at scale)
 
 
-def other_model(pred: Predictor, seed: int) -> Predictor:
+def other_model(pred: LoadedModel, seed: int) -> LoadedModel:
     rng = np.random.default_rng(seed)
     params = jax.tree.map(
         lambda a: np.asarray(a) * 1.05 + 0.02 * rng.standard_normal(np.shape(a)), pred.params
     )
     model = LSTMForecaster(pred.config, rngs=nnx.Rngs(0))
     load_params_into(model, params)
-    return Predictor(model, pred.config, pred.stats, {**pred.metadata, "version": f"v{seed}"})
+    return LoadedModel(model, pred.config, pred.stats, {**pred.metadata, "version": f"v{seed}"})
 
 
 class Feed:
@@ -81,7 +81,7 @@ class Feed:
         return d, np.zeros(self.n, np.int32), off
 
 
-def measure(pred: Predictor, n: int) -> dict[str, Any]:
+def measure(pred: LoadedModel, n: int) -> dict[str, Any]:
     engine = Engine(pred, max_symbols=max(n, 8))
     engine.precompile()
     feed = Feed(n)
@@ -126,7 +126,7 @@ def main() -> None:
     ap.add_argument("--symbols", default="100,1000,10000")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
-    enable_compile_cache()
+    configure_jax(compile_cache=True)
     pred = checkpoint.load(ROOT / "model" / "bundled" / "stocks")
     rows = [measure(pred, int(s)) for s in args.symbols.split(",")]
     cfg = pred.config

@@ -5,7 +5,7 @@ Layout of a model directory:
     DIR/metadata.json   format, version id, model config, feature statistics, data range, scores
     DIR/params/         Orbax StandardCheckpointer tree of the LSTM's parameters
 
-`load(DIR)` returns a ready `Predictor`. It refuses, with a `CheckpointError` that says why,
+`load(DIR)` returns a ready `LoadedModel`. It refuses, with a `CheckpointError` that says why,
 a directory whose format is from other code, whose config does not build, or whose stored
 arrays do not have the shapes the config implies, so a bad checkpoint never replaces a
 serving model.
@@ -28,28 +28,19 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from model.config import ModelConfig
+from model.errors import CheckpointError
 from model.features import FeatureStats
 from model.lstm import LSTMForecaster, Params, params_of
 from model.runtime import Runtime
 
-__all__ = ["FORMAT", "CheckpointError", "Predictor", "load", "save"]
+__all__ = ["FORMAT", "CheckpointError", "LoadedModel", "load", "save"]
 
 FORMAT = "tickcast-lstm/1"  # bump when the parameter layout or feature semantics change
 META = "metadata.json"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint that cannot serve with this code. `kind` says which way, for metrics:
-    "missing" (no such model directory or files), "corrupt" (unreadable, digest or values
-    wrong) or "mismatch" (other format, config, features or shapes than expected)."""
-
-    def __init__(self, message: str, kind: str = "corrupt") -> None:
-        super().__init__(message)
-        self.kind = kind
-
-
 @dataclass
-class Predictor:
+class LoadedModel:
     """A loaded model: parameters, config, feature statistics and metadata."""
 
     model: LSTMForecaster
@@ -158,8 +149,8 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     return meta
 
 
-def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
-    """Load a model directory into a ready `Predictor`.
+def load(path: str | Path, *, expect: ModelConfig | None = None) -> LoadedModel:
+    """Load a model directory into a ready `LoadedModel`.
 
     Args:
       path: the model directory.
@@ -225,4 +216,4 @@ def load(path: str | Path, *, expect: ModelConfig | None = None) -> Predictor:
     state = nnx.state(model, nnx.Param)
     nnx.replace_by_pure_dict(state, _int_keys(restored))
     nnx.update(model, state)
-    return Predictor(model=model, config=config, stats=stats, metadata=meta)
+    return LoadedModel(model=model, config=config, stats=stats, metadata=meta)

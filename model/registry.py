@@ -14,8 +14,8 @@ Layout:
 Plain files, written atomically (write beside, then rename), so a crash never leaves a half
 written pointer. One writer at a time is assumed (the retrain job, or an operator);
 serving instances only read versions/. The champion that *serving* follows is the latest
-record of the compacted `tickcast.models` topic (`streamer.models`); the retrain job and
-`tickcast models` write both.
+record of the compacted `tickcast.models` topic (`streamer.kafka.announcements`); the retrain
+job and `tickcast models` write both.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from model import checkpoint
-from model.checkpoint import CheckpointError, Predictor
+from model.checkpoint import CheckpointError, LoadedModel
 from model.features import FeatureStats
 from model.lstm import LSTMForecaster
 
@@ -115,7 +115,7 @@ class Registry:
             tmp.rename(dest)
         return pred.version
 
-    def load(self, version: str, **kw: Any) -> Predictor:
+    def load(self, version: str, **kw: Any) -> LoadedModel:
         """Load `version` (`checkpoint.load`; raises `CheckpointError` if it cannot serve)."""
         if not self.path(version).is_dir():
             raise CheckpointError(f"{version} is not in the registry {self.root}", "missing")
@@ -149,7 +149,7 @@ class Registry:
 
     def promote(self, version: str, reason: str, **info: Any) -> dict[str, Any]:
         """Make `version` the champion after checking that it loads; logs the change.
-        Returns the history record (what `streamer.models.announce` publishes)."""
+        Returns the history record (what `streamer.kafka.announcements.announce` publishes)."""
         self.load(version)  # refuses a corrupt or foreign checkpoint here, not in serving
         record = {
             "version": version,

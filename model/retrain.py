@@ -16,7 +16,7 @@
 
 The registry bookkeeping (`save_challenger`, `prune`, `attempt_record`), the summary table
 and the plot are here too, as plain functions over files; the Kafka shell that reads the
-ticks, loops and announces is `streamer.retrain`.
+ticks, loops and announces is `streamer.jobs.retrain`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from model.checkpoint import Predictor
+from model.checkpoint import LoadedModel
 from model.config import ModelConfig, TrainConfig
 from model.data import DataError, Series
 from model.evaluate import AR_ORDER, Evaluation, evaluate
@@ -128,7 +128,7 @@ def _usable(series: list[Series], need: int) -> tuple[list[Series], list[str]]:
     return keep, sorted(s.symbol for s in series if len(s) < need)
 
 
-def retrain(series: list[Series], champion: Predictor, rc: RetrainConfig) -> Attempt:
+def retrain(series: list[Series], champion: LoadedModel, rc: RetrainConfig) -> Attempt:
     """Fit a challenger on `series` and score it against `champion` (see the module doc).
 
     Args:

@@ -32,10 +32,27 @@ import numpy as np
 from model.config import ModelConfig
 from model.lstm import LSTMState, Params, forward_fn, step_fn
 
-__all__ = ["Runtime", "bucket", "bucket_steps", "enable_compile_cache", "pack", "unpack"]
+__all__ = [
+    "Runtime",
+    "bucket",
+    "bucket_steps",
+    "configure_jax",
+    "enable_compile_cache",
+    "pack",
+    "unpack",
+]
 
-# The host blocks on every step's result; asynchronous CPU dispatch only adds latency.
-jax.config.update("jax_cpu_enable_async_dispatch", False)  # type: ignore[no-untyped-call]
+
+def configure_jax(compile_cache: bool = False) -> None:
+    """Apply tickcast's JAX settings; called by entry points (CLI, services, benchmarks,
+    the test session), never on import.
+
+    The host blocks on every step's result, so asynchronous CPU dispatch only adds latency:
+    it is turned off. `compile_cache=True` also turns on the persistent compilation cache
+    (`enable_compile_cache`)."""
+    jax.config.update("jax_cpu_enable_async_dispatch", False)  # type: ignore[no-untyped-call]
+    if compile_cache:
+        enable_compile_cache()
 
 
 def bucket(n: int, smallest: int = 1) -> int:

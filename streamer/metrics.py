@@ -20,7 +20,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from streamer.ticks import REASONS
+from streamer.core.ticks import REASONS
 
 # Sub-millisecond buckets first: a step is tens of microseconds, a batch a few ms.
 LATENCY_BUCKETS = (
@@ -48,28 +48,32 @@ class Metrics:
 
     def __init__(self, registry: CollectorRegistry | None = None, ewm_ticks: float = 1000.0):
         r = self.registry = registry or CollectorRegistry()
-        self.ticks = Counter("tickcast_ticks_consumed", "Ticks taken from Kafka", registry=r)
-        self.rejected = Counter(
+        self.ticks_consumed = Counter(
+            "tickcast_ticks_consumed", "Ticks taken from Kafka", registry=r
+        )
+        self.ticks_rejected = Counter(
             "tickcast_ticks_rejected", "Ticks sent to the dead-letter topic", ["reason"], registry=r
         )
         for reason in REASONS:
-            self.rejected.labels(reason)
-        self.forecasts = Counter("tickcast_forecasts_published", "Forecasts published", registry=r)
-        self.replayed = Counter(
+            self.ticks_rejected.labels(reason)
+        self.forecasts_published = Counter(
+            "tickcast_forecasts_published", "Forecasts published", registry=r
+        )
+        self.ticks_replayed = Counter(
             "tickcast_ticks_replayed",
             "Ticks re-applied after a restore to rebuild state (no forecast published)",
             registry=r,
         )
-        self.lag = Gauge(
+        self.consumer_lag = Gauge(
             "tickcast_consumer_lag",
             "Ticks behind the end of each partition",
             ["partition"],
             registry=r,
         )
-        self.batch = Histogram(
+        self.batch_ticks = Histogram(
             "tickcast_batch_ticks", "Ticks per micro-batch", buckets=SIZE_BUCKETS, registry=r
         )
-        self.step = Histogram(
+        self.step_seconds = Histogram(
             "tickcast_step_seconds",
             "Device step per micro-batch",
             buckets=LATENCY_BUCKETS,
@@ -81,31 +85,31 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.latency = Histogram(
+        self.tick_to_forecast_seconds = Histogram(
             "tickcast_tick_to_forecast_seconds",
             "From the tick's Kafka timestamp to its forecast's publication (sampled per batch: "
             "oldest and newest tick)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.symbols = Gauge("tickcast_active_symbols", "Symbols held", registry=r)
+        self.active_symbols = Gauge("tickcast_active_symbols", "Symbols held", registry=r)
         self.evictions = Counter("tickcast_evictions", "Symbols evicted", registry=r)
-        self.checkpoints = Counter(
+        self.state_records = Counter(
             "tickcast_state_records", "Per-symbol state records written", registry=r
         )
-        self.restored = Counter(
+        self.state_restored = Counter(
             "tickcast_state_restored",
             "Per-symbol states restored from the state topic",
             registry=r,
         )
         self.model = Info("tickcast_model", "The model serving", registry=r)
-        self.rmse = Gauge(
+        self.live_rmse = Gauge(
             "tickcast_live_rmse",
             "Exponentially weighted RMSE of next-tick forecasts (price units)",
-            ["predictor"],
+            ["model"],
             registry=r,
         )
-        # The websocket feed (streamer/server.py).
+        # The websocket feed (streamer/feed/server.py).
         self.feed_connections = Gauge(
             "tickcast_feed_connections", "Open websocket feed connections", registry=r
         )
@@ -114,7 +118,7 @@ class Metrics:
             "Symbol subscriptions over all feed connections (a wildcard counts once)",
             registry=r,
         )
-        self.feed_messages = Counter(
+        self.feed_messages_sent = Counter(
             "tickcast_feed_messages_sent", "Websocket messages sent", ["type"], registry=r
         )
         self.feed_deliveries = Counter(
@@ -142,40 +146,40 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # Model versions and hot swaps (streamer/app.py ModelFollower).
-        self.swaps = Counter("tickcast_model_swaps", "Hot swaps to a new model version",
+        # Model versions and hot swaps (streamer/serve/processor.py ModelFollower).
+        self.model_swaps = Counter("tickcast_model_swaps", "Hot swaps to a new model version",
                              registry=r)  # fmt: skip
-        self.swap_seconds = Histogram(
+        self.model_swap_seconds = Histogram(
             "tickcast_model_swap_seconds",
             "From a version's announcement to serving it: load, compile, re-warm, swap",
             buckets=(*LATENCY_BUCKETS, 10.0, 30.0, 60.0),
             registry=r,
         )
-        self.swap_pause = Histogram(
+        self.model_swap_pause_seconds = Histogram(
             "tickcast_model_swap_pause_seconds",
             "The swap's final round, between two micro-batches (what ticks wait for)",
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        self.refused = Counter(
+        self.model_refused = Counter(
             "tickcast_model_refused",
             "Announced model versions refused (the serving model stays)",
             ["reason"],
             registry=r,
         )
         for reason in ("missing", "corrupt", "mismatch", "invalid", "error"):
-            self.refused.labels(reason)
-        self.announced_score = Gauge(
+            self.model_refused.labels(reason)
+        self.model_announced_rmse = Gauge(
             "tickcast_model_announced_rmse",
             "RMSE on the retrain job's evaluation slice, from the latest announcement",
             ["model"],
             registry=r,
         )
-        self.rmse_by_version = Gauge(
+        self.live_rmse_by_version = Gauge(
             "tickcast_live_rmse_by_version",
             "Exponentially weighted RMSE of next-tick forecasts per model version that made "
             "them (the last 3 versions; persistence over the same ticks beside it)",
-            ["version", "predictor"],
+            ["version", "model"],
             registry=r,
         )
         self._alpha = 1.0 / ewm_ticks
@@ -197,7 +201,7 @@ class Metrics:
                 for old_version in list(self._by_version)[:-3]:  # bounded label set
                     del self._by_version[old_version]
                     for name in ("model", "persistence"):
-                        self.rmse_by_version.remove(old_version, name)
+                        self.live_rmse_by_version.remove(old_version, name)
             per = self._by_version[version]
         for name, sq in (("model", sq_model), ("persistence", sq_persistence)):
             mean = sq / n
@@ -206,9 +210,9 @@ class Metrics:
                     continue
                 old = mse[name]
                 mse[name] = mean if math.isnan(old) else keep * old + (1 - keep) * mean
-            self.rmse.labels(name).set(math.sqrt(self._mse[name]))
+            self.live_rmse.labels(name).set(math.sqrt(self._mse[name]))
             if per is not None:
-                self.rmse_by_version.labels(version, name).set(math.sqrt(per[name]))
+                self.live_rmse_by_version.labels(version, name).set(math.sqrt(per[name]))
 
     def version_rmse(self, version: str) -> dict[str, float | None]:
         """The rolling RMSE of one model version's forecasts and of persistence beside it."""
@@ -222,9 +226,9 @@ class Metrics:
         for name, v in scores.items():
             rmse = v.get("rmse") if isinstance(v, dict) else v
             if isinstance(rmse, int | float) and math.isfinite(rmse):
-                self.announced_score.labels(str(name)).set(float(rmse))
+                self.model_announced_rmse.labels(str(name)).set(float(rmse))
 
-    def live_rmse(self) -> dict[str, float | None]:
+    def rolling_rmse(self) -> dict[str, float | None]:
         """The rolling RMSE of the model and of persistence (None before any error)."""
         return {k: None if math.isnan(v) else math.sqrt(v) for k, v in self._mse.items()}
 

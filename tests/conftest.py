@@ -11,6 +11,9 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest
 
 from model.config import ModelConfig, TrainConfig
+from model.runtime import configure_jax
+
+configure_jax()  # what every entry point applies (CLI, services, benchmarks)
 
 pytest_plugins = ["tests.kafka_fixtures"]
 

@@ -2,9 +2,9 @@
 
 Real brokers, the pinned Apache Kafka from deploy/kafka, on free ports of 127.0.0.1:
 
-- ``kafka``: one single-node broker (a :class:`~streamer.kafka_local.LocalBroker`) for the
+- ``kafka``: one single-node broker (a :class:`~streamer.kafka.local.LocalBroker`) for the
   whole session; tests connect to ``kafka.bootstrap`` and use their own topic names.
-- ``kafka_cluster``: three nodes (a :class:`~streamer.kafka_local.LocalCluster`, replication
+- ``kafka_cluster``: three nodes (a :class:`~streamer.kafka.local.LocalCluster`, replication
   factor 3, min.insync.replicas 2), started only if some test asks for it. A test that stops
   or kills a node starts it again before it ends.
 
@@ -17,7 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamer.kafka_local import KafkaError, LocalBroker, LocalCluster, free_port
+from streamer.kafka.local import KafkaError, LocalBroker, LocalCluster, free_port
 
 
 @pytest.fixture(scope="session")

@@ -35,8 +35,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from websockets.exceptions import ConnectionClosed
 from websockets.sync.client import connect
 
-from streamer import models, replay
-from streamer.kafka_local import LocalBroker, free_port
+from streamer.jobs import replay
+from streamer.kafka import announcements as models
+from streamer.kafka.local import LocalBroker, free_port
 from streamer.settings import Settings
 from tests.streamer.harness import fresh_settings, produce_raw, serve_process, wait_serving
 
@@ -265,7 +266,7 @@ def test_lag_latency_and_error_series(stack: Stack) -> None:
         assert math.isfinite(p) and 0 < p < 5, (q, p)
     batches = stack.value(f"tickcast_batch_seconds_count{sel}")
     assert batches >= 1
-    rmse = {r["metric"]["predictor"]: float(r["value"][1])
+    rmse = {r["metric"]["model"]: float(r["value"][1])
             for r in stack.query(f"tickcast_live_rmse{sel}")}  # fmt: skip
     assert set(rmse) == {"model", "persistence"}
     assert all(math.isfinite(v) and v > 0 for v in rmse.values()), rmse

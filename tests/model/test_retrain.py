@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model.checkpoint import Predictor
+from model.checkpoint import LoadedModel
 from model.config import ModelConfig, TrainConfig
 from model.data import Series, synthetic
 from model.features import FeatureStats
@@ -50,9 +50,9 @@ def drift() -> list[Series]:
 
 
 @pytest.fixture(scope="module")
-def champion(drift) -> Predictor:
+def champion(drift) -> LoadedModel:
     r = fit(cut(drift, 0, HALF), CONFIG, dataclasses.replace(TRAIN, learning_rate=1e-2))
-    return Predictor(r.model, CONFIG, r.stats, {"version": "champion-v1"})
+    return LoadedModel(r.model, CONFIG, r.stats, {"version": "champion-v1"})
 
 
 @pytest.fixture(scope="module")

@@ -18,11 +18,11 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.partitioner import DefaultPartitioner
 
-from model.checkpoint import Predictor
-from streamer.app import ensure_topics
-from streamer.engine import Engine
+from model.checkpoint import LoadedModel
+from streamer.core.engine import Engine
+from streamer.core.ticks import decode, encode
+from streamer.serve.processor import ensure_topics
 from streamer.settings import Settings
-from streamer.ticks import decode, encode
 
 ROOT = Path(__file__).resolve().parents[2]
 Tick = tuple[str, int, float, float | None]
@@ -118,7 +118,7 @@ def forecasts_of(records: list[Any]) -> list[dict[str, Any]]:
 
 
 def reference(
-    pred: Predictor, ticks: list[Tick], n_partitions: int
+    pred: LoadedModel, ticks: list[Tick], n_partitions: int
 ) -> dict[tuple[str, int], tuple[float, float, float, bool]]:
     """An uninterrupted in-process run: {(symbol, seq): (forecast, lower, upper, warming)}."""
     eng = Engine(pred)

@@ -1,0 +1,5 @@
+"""`python -m streamer.cli`: the `tickcast` command line."""
+
+from streamer.cli.main import main
+
+raise SystemExit(main())

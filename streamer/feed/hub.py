@@ -1,0 +1,189 @@
+"""In-process fan-out of forecasts: the server publishes each micro-batch here once, after
+Kafka has it; the websocket feed (and tests) subscribe. Pure and synchronous: a listener is
+a plain callable that must not block (the websocket server's listeners only enqueue).
+
+Forecasts travel as their JSON payloads (the bytes also sent to the `forecasts` topic), so a
+feed can forward them without re-encoding. The hub keeps the latest per symbol, so a new
+subscriber starts from a snapshot.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import orjson
+
+from streamer.core.engine import Forecasts
+
+log = logging.getLogger(__name__)
+
+Listener = Callable[[list[str], list[bytes]], None]
+
+_FORMAT = (
+    b'{"symbol":%b,"ts":%b,"source":{"partition":%b,"offset":%b},"seq":%b,"price":%b,'
+    b'"forecast":%b,"lower":%b,"upper":%b,"warming":%b,"model":%b,"tick_time":%b%b}'
+)
+_BOOL = (b"false", b"true")
+
+
+def _column(a: np.ndarray) -> list[bytes]:
+    """Each value of a 1-D numeric array as JSON text, rendered by orjson in one call."""
+    if len(a) == 0:
+        return []
+    return orjson.dumps(a, option=orjson.OPT_SERIALIZE_NUMPY)[1:-1].split(b",")
+
+
+def payloads(
+    f: Forecasts, rows: np.ndarray, tick_time: np.ndarray, extra: dict[str, Any] | None = None
+) -> list[bytes]:
+    """The JSON value of each forecast in `rows` (the `forecasts` topic's schema):
+
+        {"symbol", "ts", "source": {"partition", "offset"}, "seq", "price", "forecast",
+         "lower", "upper", "warming", "model", "tick_time", ...extra}
+
+    `tick_time` `[n_input]` is each input tick's Kafka timestamp (epoch ms, indexed like
+    `f.index`). Columns are rendered by orjson once each, then joined per row: about 1.5 µs
+    a forecast, against 3.5 µs for a dict per row."""
+    rows = np.asarray(rows, np.int64)
+    more = b"".join(
+        b"," + orjson.dumps(k) + b":" + orjson.dumps(v) for k, v in (extra or {}).items()
+    )
+    model = orjson.dumps(f.version)
+    cols = zip(
+        [orjson.dumps(f.symbols[i]) for i in rows.tolist()],
+        _column(f.ts[rows]),
+        _column(f.partition[rows]),
+        _column(f.offset[rows]),
+        _column(f.seq[rows]),
+        _column(f.price[rows]),
+        _column(f.forecast[rows]),
+        _column(f.lower[rows]),
+        _column(f.upper[rows]),
+        [_BOOL[w] for w in f.warming[rows].tolist()],
+        _column(np.asarray(tick_time, np.int64)[f.index[rows]]),
+        strict=True,
+    )
+    return [
+        _FORMAT % (s, t, p, o, q, x, fc, lo, hi, w, model, tt, more)
+        for s, t, p, o, q, x, fc, lo, hi, w, tt in cols
+    ]
+
+
+POINT_FIELDS = ("ts", "price", "forecast", "lower", "upper")
+
+
+def points_of(f: Forecasts, rows: np.ndarray) -> np.ndarray:
+    """`[len(rows), 5]` float64 history points (`POINT_FIELDS`; ts in epoch ms)."""
+    rows = np.asarray(rows, np.int64)
+    return np.stack(
+        [f.ts[rows].astype(np.float64), f.price[rows], f.forecast[rows], f.lower[rows],
+         f.upper[rows]],
+        axis=1,
+    )  # fmt: skip
+
+
+class History:
+    """The last `n` points of each symbol in one ring array `[symbols, n, 5]` (`POINT_FIELDS`),
+    updated once per batch with numpy (no Python loop over points)."""
+
+    def __init__(self, n: int = 120, capacity: int = 64) -> None:
+        self.n = n
+        self._rows: dict[str, int] = {}
+        self._free: list[int] = []
+        self._buf = np.zeros((capacity, n, len(POINT_FIELDS)))
+        self._count = np.zeros(capacity, np.int64)  # points ever added per row
+
+    def __len__(self) -> int:
+        return len(self._rows)
+
+    def _row(self, symbol: str) -> int:
+        row = self._rows.get(symbol)
+        if row is None:
+            if self._free:
+                row = self._free.pop()
+            else:
+                row = len(self._rows)
+                if row == len(self._buf):  # grow by doubling
+                    self._buf = np.concatenate([self._buf, np.zeros_like(self._buf)])
+                    self._count = np.concatenate([self._count, np.zeros_like(self._count)])
+            self._count[row] = 0
+            self._rows[symbol] = row
+        return row
+
+    def add(self, symbols: list[str], points: np.ndarray) -> None:
+        """Append `points [len(symbols), 5]`, in order (a symbol may repeat)."""
+        if not symbols or self.n == 0:
+            return
+        rows = np.fromiter((self._row(s) for s in symbols), np.int64, len(symbols))
+        order = np.argsort(rows, kind="stable")
+        srt = rows[order]
+        first = np.flatnonzero(np.r_[True, srt[1:] != srt[:-1]])
+        size = np.diff(np.r_[first, len(srt)])
+        rank = np.arange(len(srt)) - np.repeat(first, size)  # occurrence within the batch
+        keep = rank >= np.repeat(size, size) - self.n  # at most the last n per symbol
+        idx, r = order[keep], srt[keep]
+        self._buf[r, (self._count[r] + rank[keep]) % self.n] = points[idx]
+        self._count[srt[first]] += size
+
+    def get(self, symbol: str) -> np.ndarray:
+        """The symbol's points, oldest first: `[m, 5]`, m ≤ n (empty if unknown)."""
+        row = self._rows.get(symbol)
+        if row is None:
+            return np.zeros((0, len(POINT_FIELDS)))
+        c = int(self._count[row])
+        m = min(c, self.n)
+        out: np.ndarray = self._buf[row, np.arange(c - m, c) % self.n]
+        return out
+
+    def drop(self, symbols: list[str]) -> None:
+        for s in symbols:
+            row = self._rows.pop(s, None)
+            if row is not None:
+                self._free.append(row)
+
+
+class Hub:
+    """Latest forecast per symbol, its recent history, and listeners called with each
+    batch's forecasts (symbols and their JSON payloads, in order)."""
+
+    def __init__(self, history: int = 120) -> None:
+        self.latest: dict[str, bytes] = {}
+        self.history = History(history)
+        self._listeners: list[Listener] = []
+        self.events: list[dict[str, Any]] = []  # announcements (evictions), newest last
+
+    def subscribe(self, listener: Listener) -> Callable[[], None]:
+        """Add a listener; returns a function that removes it."""
+        self._listeners.append(listener)
+
+        def unsubscribe() -> None:
+            if listener in self._listeners:
+                self._listeners.remove(listener)
+
+        return unsubscribe
+
+    def publish(
+        self, symbols: list[str], values: list[bytes], points: np.ndarray | None = None
+    ) -> None:
+        """One batch's forecasts, in order; `points [n, 5]` (`points_of`) feed the history."""
+        self.latest.update(zip(symbols, values, strict=True))
+        if points is not None:
+            self.history.add(symbols, points)
+        for listener in list(self._listeners):
+            try:
+                listener(symbols, values)
+            except Exception:  # one broken listener must not stop the stream
+                log.exception("hub listener failed; removing it")
+                self._listeners.remove(listener)
+
+    def announce(self, event: dict[str, Any]) -> None:
+        """Record an event (e.g. `{"type": "evicted", "symbols": [...]}`); keeps the last 100."""
+        self.events.append(event)
+        del self.events[:-100]
+        if event.get("type") == "evicted":
+            for sym in event.get("symbols", []):
+                self.latest.pop(sym, None)
+            self.history.drop(event.get("symbols", []))

@@ -1,0 +1,70 @@
+"""Tick validation: every rejection reason, and good ticks decoded exactly."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from streamer.core.ticks import REASONS, as_arrays, decode, encode
+
+GOOD = b'{"symbol": "MSFT", "ts": 1700000000000, "price": 371.25, "volume": 1200}'
+
+BAD: list[tuple[bytes | None, bytes | None, str]] = [
+    (b"{not json", b"X", "bad_json"),
+    (b"\xff\xfe", b"X", "bad_json"),
+    (None, b"X", "not_object"),
+    (b"[1, 2]", b"X", "not_object"),
+    (b'"MSFT"', b"X", "not_object"),
+    (b'{"ts": 1, "price": 1.0}', None, "missing_field"),
+    (b'{"symbol": "X", "price": 1.0}', b"X", "missing_field"),
+    (b'{"symbol": "X", "ts": 1}', b"X", "missing_field"),
+    (b'{"symbol": 7, "ts": 1, "price": 1.0}', None, "bad_type"),
+    (b'{"symbol": "X", "ts": "1", "price": 1.0}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1.5, "price": 1.0}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": true, "price": 1.0}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1, "price": "1.0"}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1, "price": null}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": "3"}', b"X", "bad_type"),
+    (b'{"symbol": "", "ts": 1, "price": 1.0}', None, "bad_symbol"),
+    (b'{"symbol": "' + b"A" * 65 + b'", "ts": 1, "price": 1.0}', None, "bad_symbol"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0}', b"Y", "key_mismatch"),
+    (b'{"symbol": "X", "ts": 1, "price": NaN}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1, "price": Infinity}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1, "price": 0}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1, "price": -3.5}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": -1}', b"X", "bad_volume"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": NaN}', b"X", "bad_volume"),
+    (b'{"symbol": "X", "ts": -1, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 1700000000000000, "price": 1.0}', b"X", "bad_ts"),
+]
+
+
+def test_good_tick_decodes_exactly() -> None:
+    good, bad = decode([GOOD, encode("IBM", 5, 2.5)], [b"MSFT", b"IBM"])
+    assert bad == []
+    assert good.symbols == ["MSFT", "IBM"]
+    ts, price, vol = as_arrays(good)
+    assert ts.tolist() == [1700000000000, 5]
+    assert price.tolist() == [371.25, 2.5]
+    assert vol[0] == 1200.0 and math.isnan(vol[1])
+    assert good.index == [0, 1]
+
+
+@pytest.mark.parametrize(("raw", "key", "reason"), BAD)
+def test_each_rejection_reason(raw: bytes | None, key: bytes | None, reason: str) -> None:
+    good, bad = decode([GOOD, raw], [b"MSFT", key])
+    assert len(good) == 1 and good.index == [0]
+    assert [(b.index, b.reason) for b in bad] == [(1, reason)]
+    assert bad[0].detail
+
+
+def test_reasons_are_all_exercised() -> None:
+    engine_reasons = {"stale_ts", "partition_mismatch"}  # tested in test_engine
+    assert {r for _, _, r in BAD} | engine_reasons == set(REASONS)
+
+
+def test_encode_round_trip_and_unknown_fields_ignored() -> None:
+    raw = b'{"symbol": "A", "ts": 3, "price": 9.5, "exchange": "X", "volume": null}'
+    good, bad = decode([raw, encode("A", 4, 9.75, 10.0)], [b"A", b"A"])
+    assert bad == [] and good.price == [9.5, 9.75] and math.isnan(good.volume[0])

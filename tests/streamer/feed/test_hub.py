@@ -1,0 +1,59 @@
+"""Forecast payloads are valid JSON with the documented fields; the hub fans out and keeps
+the latest per symbol."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from streamer.core.engine import Forecasts
+from streamer.feed.hub import Hub, payloads
+
+
+def forecasts() -> Forecasts:
+    return Forecasts(
+        symbols=['A"1', "B"],
+        index=np.array([1, 0]),
+        ts=np.array([1_700_000_000_000, 5]),
+        partition=np.array([2, 0], np.int32),
+        offset=np.array([81, 80]),
+        seq=np.array([7, 1]),
+        price=np.array([371.25, 1e-7]),
+        forecast=np.array([371.31, 1.5e-7]),
+        lower=np.array([368.0, 1e-7]),
+        upper=np.array([374.6, 2e-7]),
+        warming=np.array([False, True]),
+        version="v-1",
+    )
+
+
+def test_payloads_are_json_with_every_field() -> None:
+    f = forecasts()
+    out = [
+        orjson.loads(b)
+        for b in payloads(f, np.array([0, 1]), np.array([111, 222]), {"instance": "s1"})
+    ]
+    assert out[0] == {
+        "symbol": 'A"1', "ts": 1_700_000_000_000, "source": {"partition": 2, "offset": 81},
+        "seq": 7, "price": 371.25, "forecast": 371.31, "lower": 368.0, "upper": 374.6,
+        "warming": False, "model": "v-1", "tick_time": 222, "instance": "s1",
+    }  # fmt: skip
+    assert out[1]["warming"] is True and out[1]["tick_time"] == 111 and out[1]["price"] == 1e-7
+    assert payloads(f, np.array([], np.int64), np.array([1, 2])) == []
+
+
+def test_hub_fans_out_keeps_latest_and_survives_a_broken_listener() -> None:
+    hub = Hub()
+    got: list[tuple[list[str], list[bytes]]] = []
+    hub.subscribe(lambda s, v: got.append((s, v)))
+
+    def broken(s: list[str], v: list[bytes]) -> None:
+        raise RuntimeError("listener bug")
+
+    hub.subscribe(broken)
+    hub.publish(["A", "B", "A"], [b"1", b"2", b"3"])
+    hub.publish(["B"], [b"4"])
+    assert got == [(["A", "B", "A"], [b"1", b"2", b"3"]), (["B"], [b"4"])]
+    assert hub.latest == {"A": b"3", "B": b"4"}
+    hub.announce({"type": "evicted", "symbols": ["A"]})
+    assert hub.latest == {"B": b"4"} and hub.events[-1]["symbols"] == ["A"]
