@@ -58,8 +58,8 @@ def start_serve(
         "TICKCAST_KAFKA_BOOTSTRAP": bootstrap, "TICKCAST_TICKS_TOPIC": f"ticks-{tag}",
         "TICKCAST_FORECASTS_TOPIC": f"forecasts-{tag}", "TICKCAST_DLQ_TOPIC": f"dlq-{tag}",
         "TICKCAST_STATE_TOPIC": f"state-{tag}", "TICKCAST_MODELS_TOPIC": f"models-{tag}",
-        "TICKCAST_GROUP": f"g-{tag}", "TICKCAST_FEED_PORT": str(feed),
-        "TICKCAST_METRICS_PORT": str(metrics), "TICKCAST_FEED_FRAME_RATE": str(frame_rate),
+        "TICKCAST_GROUP_ID": f"g-{tag}", "TICKCAST_FEED_PORT": str(feed),
+        "TICKCAST_METRICS_PORT": str(metrics), "TICKCAST_FEED_FRAMES_PER_S": str(frame_rate),
         "TICKCAST_FEED_MAX_CONNECTIONS": str(clients + 100), "JAX_PLATFORMS": "cpu",
     })  # fmt: skip
     env.update(extra)

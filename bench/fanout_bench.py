@@ -148,7 +148,7 @@ async def run_cell(args: argparse.Namespace, n_clients: int) -> dict[str, Any]:
     subs = [rng.sample(universe, args.per_client) for _ in range(n_clients)]
     settings = replace(
         Settings(), feed_port=free_port(), feed_max_connections=n_clients + 10,
-        feed_max_symbols=max(args.per_client, 1000), feed_frame_rate=args.frame_rate,
+        feed_max_symbols=max(args.per_client, 1000), feed_frames_per_s=args.frame_rate,
     )  # fmt: skip
     hub = Hub(history=10)
     feed = FeedServer(settings, hub)

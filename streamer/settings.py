@@ -2,7 +2,9 @@
 variables, then command-line flags (highest wins).
 
 Each field's name maps to a flag (`kafka_bootstrap` → `--kafka-bootstrap`) and an
-environment variable (`TICKCAST_KAFKA_BOOTSTRAP`). Subcommands declare which fields they
+environment variable (`TICKCAST_KAFKA_BOOTSTRAP`). Where Kafka has a name for a setting, the
+field uses it (`group_id`, `max_poll_records`, `fetch_max_wait_ms`, ...); `RENAMED` keeps the
+older names working, with a warning. Subcommands declare which fields they
 take with `add_arguments(parser, names)`; `from_args(ns)` builds the object back.
 """
 
@@ -11,6 +13,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -28,20 +31,20 @@ class Settings:
     dlq_topic: str = "ticks.dlq"
     state_topic: str = "tickcast.state"
     models_topic: str = "tickcast.models"
-    partitions: int = 4
-    replication: int = 1
-    group: str = "tickcast"
-    instance: str = "serve-1"
+    num_partitions: int = 4
+    replication_factor: int = 1
+    group_id: str = "tickcast"
+    client_id: str = "serve-1"
     model: str = "stocks"
     registry: str = "registry"
     max_symbols: int = 16384
     idle_evict_s: float = 3600.0
     exactly_once: bool = True
     checkpoint_interval_s: float = 5.0
-    checkpoint_chunk: int = 500
-    max_batch: int = 20000
+    checkpoint_max_records: int = 500
+    max_poll_records: int = 20000
     precompile: bool = True
-    fetch_wait_ms: int = 5
+    fetch_max_wait_ms: int = 5
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9300
     feed_host: str = "127.0.0.1"
@@ -50,12 +53,12 @@ class Settings:
     feed_max_connections: int = 2000
     feed_max_symbols: int = 1000
     feed_max_frame: int = 65536
-    feed_rate: float = 20.0
-    feed_queue: int = 5000
+    feed_client_msgs_per_s: float = 20.0
+    feed_conflate_after: int = 5000
     feed_slow_close_s: float = 5.0
     feed_buffer_bytes: int = 262144
-    feed_frame_rate: float = 20.0
-    feed_history: int = 120
+    feed_frames_per_s: float = 20.0
+    feed_snapshot_points: int = 120
     feed_heartbeat_s: float = 1.0
     feed_wildcard: bool = True
     uvloop: bool = True
@@ -63,6 +66,22 @@ class Settings:
 
 
 NAMES: list[str] = [f.name for f in fields(Settings)]
+
+# Names before Kafka's own were adopted (issue 11). Their TICKCAST_* variables and flags still
+# work, with a warning; the new name wins when both are given.
+RENAMED: dict[str, str] = {
+    "partitions": "num_partitions",
+    "replication": "replication_factor",
+    "group": "group_id",
+    "instance": "client_id",
+    "checkpoint_chunk": "checkpoint_max_records",
+    "max_batch": "max_poll_records",
+    "fetch_wait_ms": "fetch_max_wait_ms",
+    "feed_rate": "feed_client_msgs_per_s",
+    "feed_frame_rate": "feed_frames_per_s",
+    "feed_queue": "feed_conflate_after",
+    "feed_history": "feed_snapshot_points",
+}
 
 HELP: dict[str, str] = {
     "kafka_bootstrap": "Kafka bootstrap servers, host:port[,host:port]",
@@ -72,11 +91,12 @@ HELP: dict[str, str] = {
     "state_topic": "compacted topic of per-symbol state checkpoints",
     "models_topic": "compacted topic announcing the champion model version; serve follows "
     "it and hot-swaps (empty: no announcements)",
-    "partitions": "partitions for topics this tool creates (ticks, forecasts, dlq, state)",
-    "replication": "replication factor of topics this tool creates",
-    "group": "Kafka consumer group of the serving instances",
-    "instance": "this instance's name, unique in the group and stable across restarts "
-    "(it names the transactional producer, so a restart fences its predecessor)",
+    "num_partitions": "partitions for topics this tool creates (ticks, forecasts, dlq, state)",
+    "replication_factor": "replication factor of topics this tool creates",
+    "group_id": "consumer group of the serving instances (Kafka group.id)",
+    "client_id": "this instance's name (Kafka client.id), unique in the group and stable "
+    "across restarts (it names the transactional producer, so a restart fences its predecessor; "
+    "forecasts carry it as `instance`)",
     "model": "model checkpoint directory or bundled model name (served until an announced "
     "champion replaces it)",
     "registry": "model registry directory: announced versions are loaded from "
@@ -86,12 +106,13 @@ HELP: dict[str, str] = {
     "exactly_once": "Kafka transactions: forecasts, state and offsets commit atomically "
     "(--no-exactly-once: at-least-once, forecasts carry (partition, offset) to dedupe)",
     "checkpoint_interval_s": "seconds between per-symbol state checkpoints",
-    "checkpoint_chunk": "most state records one micro-batch writes: a partition's checkpoint "
+    "checkpoint_max_records": "most state records one micro-batch writes: a partition's checkpoint "
     "with more dirty symbols is spread over several micro-batches",
-    "max_batch": "most ticks taken from Kafka per micro-batch",
+    "max_poll_records": "most ticks taken from Kafka per micro-batch (Kafka max.poll.records)",
     "precompile": "compile the common batch shapes before consuming (no compile stalls on "
     "live ticks; compiled code is cached on disk across restarts)",
-    "fetch_wait_ms": "longest wait for more ticks before a micro-batch runs",
+    "fetch_max_wait_ms": "longest wait for more ticks before a micro-batch runs "
+    "(Kafka fetch.max.wait.ms)",
     "metrics_host": "address of the Prometheus metrics endpoint",
     "metrics_port": "port of the Prometheus metrics endpoint (0: none)",
     "feed_host": "address of the websocket feed, dashboard and health checks",
@@ -100,14 +121,14 @@ HELP: dict[str, str] = {
     "feed_max_connections": "most feed connections at once (more are closed with 1013)",
     "feed_max_symbols": "most symbols one feed connection may subscribe to",
     "feed_max_frame": "largest client message in bytes (larger: closed with 1009)",
-    "feed_rate": "client messages a second per connection (burst twice that)",
-    "feed_queue": "forecasts queued per feed client before they are conflated",
+    "feed_client_msgs_per_s": "client messages a second per connection (burst twice that)",
+    "feed_conflate_after": "forecasts queued per feed client before they are conflated",
     "feed_slow_close_s": "close a feed client (4001) whose socket accepts nothing this long",
     "feed_buffer_bytes": "send buffer per feed client, in user space and again in the kernel "
     "(a send waits beyond it; a client blocked feed_slow_close_s is closed)",
-    "feed_frame_rate": "most frames a second to one feed client; forecasts published faster "
+    "feed_frames_per_s": "most frames a second to one feed client; forecasts published faster "
     "are merged into the next frame (0: no limit)",
-    "feed_history": "points of price and forecast history in each snapshot",
+    "feed_snapshot_points": "recent points (price, forecast, interval) in each snapshot",
     "feed_heartbeat_s": "seconds between heartbeats on every feed connection",
     "feed_wildcard": 'allow subscribing to every symbol with "*"',
     "uvloop": "run the event loop on uvloop when it is installed",
@@ -144,7 +165,16 @@ def from_env(environ: Mapping[str, str] | None = None) -> Settings:
     """Defaults overridden by `TICKCAST_*` variables."""
     env = os.environ if environ is None else environ
     kinds = _kinds()
-    values = {n: _convert(n, k, env[env_name(n)]) for n, k in kinds.items() if env_name(n) in env}
+    values: dict[str, Any] = {}
+    for old, new in RENAMED.items():
+        if env_name(old) in env:
+            warnings.warn(
+                f"{env_name(old)} is deprecated: use {env_name(new)}", FutureWarning, stacklevel=2
+            )
+            values[new] = _convert(new, kinds[new], env[env_name(old)])
+    values.update(
+        {n: _convert(n, k, env[env_name(n)]) for n, k in kinds.items() if env_name(n) in env}
+    )
     return Settings(**values)
 
 
@@ -156,14 +186,15 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
     for name in names:
         kind = kinds[name]
         flag = "--" + name.replace("_", "-")
+        flags = [flag] + ["--" + o.replace("_", "-") for o, n in RENAMED.items() if n == name]
         default = getattr(base, name)
         text = f"{HELP[name]} [{env_name(name)}; default {default}]"
         if kind is bool:
             group.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=default, help=text
             )
-        else:
-            group.add_argument(flag, dest=name, type=kind, default=default, help=text)
+        else:  # a renamed setting's old flag stays as an alias
+            group.add_argument(*flags, dest=name, type=kind, default=default, help=text)
 
 
 def from_args(ns: argparse.Namespace) -> Settings:

@@ -401,7 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(
         p,
         [n for n in settings.NAMES
-         if n not in ("kafka_bootstrap", "replication", "instance", "group")],
+         if n not in ("kafka_bootstrap", "replication_factor", "client_id", "group_id")],
     )  # fmt: skip
     p.set_defaults(func=_run)
 
@@ -514,7 +514,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-ms", type=int, help="with --synthetic: first tick time (default: now)")
     p.add_argument("--rate", default="max", help="ticks per second, or 'max' (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "partitions", "replication"])
+    settings.add_arguments(
+        p, ["kafka_bootstrap", "ticks_topic", "num_partitions", "replication_factor"]
+    )
     p.set_defaults(func=_replay)
 
     p = sub.add_parser("retrain", help="fine-tune the champion on recent ticks; champion vs "
@@ -584,14 +586,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --every: Prometheus metrics port (default 9301; 0: none)",
     )
     settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "models_topic", "registry",
-                               "model", "replication", "log_level"])  # fmt: skip
+                               "model", "replication_factor", "log_level"])  # fmt: skip
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("models", help="the model registry: list, promote VERSION, rollback",
                        description=_models.__doc__)  # fmt: skip
     p.add_argument("action", choices=("list", "promote", "rollback"))
     p.add_argument("version", nargs="?", help="with promote: the version to make champion")
-    settings.add_arguments(p, ["kafka_bootstrap", "models_topic", "registry", "replication"])
+    settings.add_arguments(p, ["kafka_bootstrap", "models_topic", "registry", "replication_factor"])
     p.set_defaults(func=_models)
     return parser
 

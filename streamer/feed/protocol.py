@@ -62,8 +62,8 @@ class Limits:
         return cls(
             max_symbols=s.feed_max_symbols,
             max_frame=s.feed_max_frame,
-            rate=s.feed_rate,
-            queue=s.feed_queue,
+            rate=s.feed_client_msgs_per_s,
+            queue=s.feed_conflate_after,
             heartbeat_s=s.feed_heartbeat_s,
             slow_close_s=s.feed_slow_close_s,
             wildcard=s.feed_wildcard,

@@ -190,7 +190,7 @@ class FeedServer:
         burst allowance made every paced client wake in step after any pause: p99 at 1,000
         clients went from 52 to 105-187 ms.)"""
         loop = asyncio.get_running_loop()
-        rate = self.settings.feed_frame_rate
+        rate = self.settings.feed_frames_per_s
         gap = 1 / rate if rate > 0 else 0.0
         last = -gap
         while True:

@@ -292,7 +292,7 @@ def _announce(settings: Settings, record: dict[str, Any]) -> None:
     rec = {k: record[k] for k in ("version", "previous", "reason", "time_ms") if k in record}
     rec["scores"] = record.get("scores") or {}
     asyncio.run(models.announce(settings.kafka_bootstrap, settings.models_topic, rec,
-                                settings.replication))  # fmt: skip
+                                settings.replication_factor))  # fmt: skip
 
 
 def resolve_champion(settings: Settings, registry: Registry) -> LoadedModel:

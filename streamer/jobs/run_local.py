@@ -53,7 +53,7 @@ async def embedded(
         await asyncio.to_thread(broker.start)
         if stop.is_set():
             return
-        settings = replace(settings, kafka_bootstrap=broker.bootstrap, replication=1)
+        settings = replace(settings, kafka_bootstrap=broker.bootstrap, replication_factor=1)
         await ensure_topics(settings)
         symbols = ", ".join(s.symbol for s in series)
         feeder = asyncio.create_task(

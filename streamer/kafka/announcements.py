@@ -169,7 +169,7 @@ class ModelFollower:
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
-        await ensure_models_topic(s.kafka_bootstrap, s.models_topic, s.replication)
+        await ensure_models_topic(s.kafka_bootstrap, s.models_topic, s.replication_factor)
         consumer = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap, enable_auto_commit=False,
                                     fetch_max_wait_ms=200)  # fmt: skip
         await consumer.start()

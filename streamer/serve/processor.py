@@ -76,11 +76,11 @@ MAX_RECORD_BYTES = 1 << 20
 async def ensure_topics(settings: Settings) -> None:
     """Create the four topics if absent (state: compacted, same partitions as ticks)."""
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    replication = settings.replication
+    replication = settings.replication_factor
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        p = settings.partitions
+        p = settings.num_partitions
         compact = {
             "cleanup.policy": "compact",
             "segment.ms": "60000",
@@ -132,7 +132,7 @@ class _Outgoing:
 
 
 @dataclass
-class Stats:
+class Counters:
     """Counters of this process (tests read them; Prometheus has the same)."""
 
     batches: int = 0
@@ -156,18 +156,18 @@ class Server:
     ) -> None:
         self.settings = settings
         self.engine = Engine(loaded, settings.max_symbols, settings.idle_evict_s)
-        self.hub = hub or Hub(settings.feed_history)
+        self.hub = hub or Hub(settings.feed_snapshot_points)
         self.metrics = metrics or Metrics()
         self.metrics.set_model({"version": loaded.version, **loaded.config.to_dict()})
-        self.stats = Stats()
+        self.counters = Counters()
         self.lock = asyncio.Lock()
         self.parts: dict[int, _Partition] = {}
         self._last_checkpoint = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._restorer: AIOKafkaConsumer | None = None
-        self._n_forecast_parts = settings.partitions
-        self._n_dlq_parts = settings.partitions
+        self._n_forecast_parts = settings.num_partitions
+        self._n_dlq_parts = settings.num_partitions
         self._stopping = False
         self._inflight: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None  # raised in a rebalance callback
@@ -182,12 +182,12 @@ class Server:
         dt = max(now - t0, 1e-9)
         lat = sorted(self._latency_ms)
         self._latency_ms.clear()
-        self._status_at = (now, self.stats.ticks, self.stats.forecasts)
+        self._status_at = (now, self.counters.ticks, self.counters.forecasts)
         rmse = self.metrics.rolling_rmse()
         return {
             "model": self.engine.version,
-            "ticks_per_s": round((self.stats.ticks - ticks0) / dt, 1),
-            "forecasts_per_s": round((self.stats.forecasts - fc0) / dt, 1),
+            "ticks_per_s": round((self.counters.ticks - ticks0) / dt, 1),
+            "forecasts_per_s": round((self.counters.forecasts - fc0) / dt, 1),
             "latency_ms": {
                 "p50": round(lat[len(lat) // 2], 2) if lat else None,
                 "max": round(lat[-1], 2) if lat else None,
@@ -250,7 +250,7 @@ class Server:
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
-        self.stats.sessions += 1
+        self.counters.sessions += 1
         self._failure = None
         self.engine.drop_partitions(range(1 << 16))
         self.parts.clear()
@@ -258,7 +258,7 @@ class Server:
             bootstrap_servers=s.kafka_bootstrap,
             acks="all",
             enable_idempotence=True,
-            transactional_id=f"tickcast-{s.group}-{s.instance}" if s.exactly_once else None,
+            transactional_id=f"tickcast-{s.group_id}-{s.client_id}" if s.exactly_once else None,
             transaction_timeout_ms=15000,
             # CONCURRENT_TRANSACTIONS on a partition already in the transaction backs off by
             # this (see BACKOFF_OVERRIDE above): 100 ms by default, far above a batch's budget.
@@ -269,12 +269,12 @@ class Server:
         )
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
-            group_id=s.group,
-            client_id=s.instance,
+            group_id=s.group_id,
+            client_id=s.client_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             isolation_level="read_committed",
-            fetch_max_wait_ms=s.fetch_wait_ms,
+            fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=8 * MAX_RECORD_BYTES,
             fetch_max_bytes=32 * MAX_RECORD_BYTES,
         )
@@ -297,10 +297,10 @@ class Server:
             self._n_forecast_parts = len(await producer.partitions_for(s.forecasts_topic)) or 1
             self._n_dlq_parts = len(await producer.partitions_for(s.dlq_topic)) or 1
             log.info(
-                "session %d: consuming %s as %s", self.stats.sessions, s.ticks_topic, s.instance
+                "session %d: consuming %s as %s", self.counters.sessions, s.ticks_topic, s.client_id
             )
             while not stop.is_set():
-                batch = await consumer.getmany(timeout_ms=100, max_records=s.max_batch)
+                batch = await consumer.getmany(timeout_ms=100, max_records=s.max_poll_records)
                 async with self.lock:
                     if self._failure is not None:
                         raise self._failure
@@ -343,7 +343,7 @@ class Server:
                 mine = sorted(
                     tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic
                 )
-                self.stats.assigned.append(mine)
+                self.counters.assigned.append(mine)
                 for p in mine:
                     await self._restore(p)
                 self.metrics.active_symbols.set(len(self.engine))
@@ -484,7 +484,7 @@ class Server:
         stamp = np.asarray(stamps, np.int64)
         out = self._outgoing(advanced=advanced)
         out.symbols = [f.symbols[i] for i in rows.tolist()]
-        out.values = payloads(f, rows, stamp, {"instance": s.instance})
+        out.values = payloads(f, rows, stamp, {"instance": s.client_id})
         out.parts = (f.partition[rows] % self._n_forecast_parts).tolist()
         out.stamps = stamp[f.index[rows]] if len(rows) else stamp[:0]
         out.points = points_of(f, rows)
@@ -517,10 +517,10 @@ class Server:
             hw = self._consumer.highwater(TopicPartition(s.ticks_topic, p))
             if hw is not None:
                 m.consumer_lag.labels(str(p)).set(max(0, hw - nxt))
-        self.stats.batches += 1
-        self.stats.ticks += len(values)
-        self.stats.rejected += len(out.dead)
-        self.stats.replayed += int((~fresh).sum())
+        self.counters.batches += 1
+        self.counters.ticks += len(values)
+        self.counters.rejected += len(out.dead)
+        self.counters.replayed += int((~fresh).sum())
         out.compute_s = time.perf_counter() - t0
         return out
 
@@ -536,7 +536,7 @@ class Server:
         advanced = advanced or {}
         scope = only if only is not None else list(self.parts)
         now = time.monotonic()
-        chunk = max(1, self.settings.checkpoint_chunk)
+        chunk = max(1, self.settings.checkpoint_max_records)
         full: list[int] = []  # partitions checkpointed whole in this batch
         if force_checkpoint:
             full = scope
@@ -635,7 +635,7 @@ class Server:
                 await send_output()
                 await send_state()
                 if offsets:
-                    await producer.send_offsets_to_transaction(offsets, s.group)
+                    await producer.send_offsets_to_transaction(offsets, s.group_id)
         else:  # in order: a marker never moves past forecasts that are not acknowledged
             await asyncio.gather(*(await send_output()))
             await asyncio.gather(*(await send_state()))
@@ -644,7 +644,7 @@ class Server:
         if out.values:
             self.hub.publish(out.symbols, out.values, out.points)
             self.metrics.forecasts_published.inc(len(out.values))
-            self.stats.forecasts += len(out.values)
+            self.counters.forecasts += len(out.values)
             now_ms = time.time() * 1000
             for q in (out.stamps.min(), np.median(out.stamps), out.stamps.max()):
                 ms = max(0.0, now_ms - float(q))
@@ -744,9 +744,9 @@ async def serving(
                 profiler.dump_stats(profile)
         log.info(
             "stopped: %d ticks, %d forecasts, %d rejected",
-            server.stats.ticks,
-            server.stats.forecasts,
-            server.stats.rejected,
+            server.counters.ticks,
+            server.counters.forecasts,
+            server.counters.rejected,
         )
     finally:
         if follower is not None:

@@ -38,12 +38,12 @@ def fresh_settings(bootstrap: str, **kw: Any) -> Settings:
         dlq_topic=f"dlq-{tag}",
         state_topic=f"state-{tag}",
         models_topic=f"models-{tag}",
-        group=f"g-{tag}",
-        partitions=3,
+        group_id=f"g-{tag}",
+        num_partitions=3,
         metrics_port=0,
         feed_port=0,  # no websocket feed unless a test asks for one (ports would clash)
         checkpoint_interval_s=0.5,
-        checkpoint_chunk=3,  # checkpoint rounds span several micro-batches in every test
+        checkpoint_max_records=3,  # checkpoint rounds span several micro-batches in every test
     )
     return replace(base, **kw)
 
@@ -64,7 +64,7 @@ async def produce_raw(
         futs = []
         for key, value, part in records:
             if part is None:
-                part = partition_of(key.decode() if key else "", settings.partitions)
+                part = partition_of(key.decode() if key else "", settings.num_partitions)
             futs.append(await producer.send(settings.ticks_topic, value, key=key, partition=part))
         await asyncio.gather(*futs)
     finally:

@@ -15,11 +15,11 @@ def test_defaults_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TICKCAST_EXACTLY_ONCE", "false")
     monkeypatch.setenv("TICKCAST_MAX_SYMBOLS", "7")
     p = argparse.ArgumentParser()
-    st.add_arguments(p, ["kafka_bootstrap", "exactly_once", "max_symbols", "group"])
+    st.add_arguments(p, ["kafka_bootstrap", "exactly_once", "max_symbols", "group_id"])
     s = st.from_args(p.parse_args([]))
     assert (s.kafka_bootstrap, s.exactly_once, s.max_symbols) == ("127.0.0.1:19092", False, 7)
-    s = st.from_args(p.parse_args(["--group", "g2", "--exactly-once", "--max-symbols", "9"]))
-    assert (s.group, s.exactly_once, s.max_symbols) == ("g2", True, 9)
+    s = st.from_args(p.parse_args(["--group-id", "g2", "--exactly-once", "--max-symbols", "9"]))
+    assert (s.group_id, s.exactly_once, s.max_symbols) == ("g2", True, 9)
 
 
 def test_bad_env_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -30,3 +30,27 @@ def test_bad_env_value_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_every_setting_has_help() -> None:
     assert set(st.HELP) == {f.name for f in st.fields(st.Settings)}
+
+
+def test_old_names_still_work_with_a_warning(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings renamed to Kafka's own names keep their old variables and flags."""
+    assert set(st.RENAMED.values()) <= set(st.NAMES)
+    monkeypatch.setenv("TICKCAST_MAX_BATCH", "123")
+    monkeypatch.setenv("TICKCAST_GROUP", "old-group")
+    with pytest.warns(FutureWarning) as caught:
+        s = st.from_env()
+    said = sorted(str(w.message) for w in caught)
+    assert said == [
+        "TICKCAST_GROUP is deprecated: use TICKCAST_GROUP_ID",
+        "TICKCAST_MAX_BATCH is deprecated: use TICKCAST_MAX_POLL_RECORDS",
+    ]
+    assert (s.max_poll_records, s.group_id) == (123, "old-group")
+    monkeypatch.setenv("TICKCAST_GROUP_ID", "new-group")  # the new name wins
+    with pytest.warns(FutureWarning):
+        assert st.from_env().group_id == "new-group"
+    monkeypatch.delenv("TICKCAST_MAX_BATCH")
+    monkeypatch.delenv("TICKCAST_GROUP")
+    p = argparse.ArgumentParser()
+    st.add_arguments(p, ["group_id", "max_poll_records"])
+    s = st.from_args(p.parse_args(["--group", "g3", "--max-batch", "7"]))
+    assert (s.group_id, s.max_poll_records) == ("g3", 7)

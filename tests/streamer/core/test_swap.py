@@ -18,7 +18,7 @@ from model.config import ModelConfig
 from model.lstm import LSTMForecaster, load_params_into
 from streamer.core.engine import Engine, Forecasts, buffer_features
 from streamer.jobs.replay import interleave
-from tests.streamer.test_engine import head, per_symbol, run
+from tests.streamer.core.test_engine import head, per_symbol, run
 
 Tick = tuple[str, int, float, float | None]
 

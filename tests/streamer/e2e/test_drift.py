@@ -27,8 +27,8 @@ from streamer.jobs import replay
 from streamer.jobs.retrain import Options, run_once
 from streamer.kafka.local import LocalBroker
 from streamer.serve.processor import Server
+from tests.streamer.e2e.test_hotswap import live, until
 from tests.streamer.harness import Tick, forecasts_of, fresh_settings, read_topic, reference
-from tests.streamer.test_hotswap import live, until
 
 CONFIG = ModelConfig(layers=2, units=8, dropout=0.1, window=12, features=("ret", "dlogvol"))
 TRAIN = TrainConfig(max_steps=150, eval_every=25, batch_size=8, chunks=3, progress=False,
@@ -86,7 +86,7 @@ def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
         sent.extend(first)
         await replay.publish(settings.kafka_bootstrap, settings.ticks_topic, iter(first),
                              rate=None, progress=False)  # fmt: skip
-        await until(lambda: server.stats.forecasts == len(first), timeout=120)
+        await until(lambda: server.counters.forecasts == len(first), timeout=120)
         feeder = asyncio.create_task(
             replay.publish(settings.kafka_bootstrap, settings.ticks_topic, later(), rate=100,
                            progress=False)
@@ -99,7 +99,7 @@ def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
         swapped_at.append(time.monotonic())
         assert not feeder.done(), "ran out of ticks before the swap: not mid-stream"
         await feeder
-        await until(lambda: server.stats.forecasts == len(sent), timeout=60)
+        await until(lambda: server.counters.forecasts == len(sent), timeout=60)
 
     asyncio.run(live(settings, server, body))
     v1 = server.engine.version
@@ -115,7 +115,7 @@ def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
         seq = [v for _, v in sorted(part)]
         k = seq.index(v1) if v1 in seq else len(seq)
         assert set(seq[:k]) <= {v0} and set(seq[k:]) <= {v1}
-    ref = reference(champion, sent, settings.partitions)  # the old champion, uninterrupted
+    ref = reference(champion, sent, settings.num_partitions)  # the old champion, uninterrupted
     old = [d for d in fc if d["model"] == v0]
     assert all(abs(d["forecast"] - ref[(d["symbol"], d["seq"])][0])
                <= 1e-5 * abs(ref[(d["symbol"], d["seq"])][0]) for d in old)  # fmt: skip

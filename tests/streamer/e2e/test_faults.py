@@ -84,7 +84,7 @@ def test_kill_9_at_random_points_then_restart(
 
         await ensure_topics(s)
         proc = serve_process(s, log)
-        await asyncio.to_thread(wait_serving_after, log, 0, s.partitions)
+        await asyncio.to_thread(wait_serving_after, log, 0, s.num_partitions)
         feed = asyncio.create_task(stream(s, 6, n, rate=400))
         kills = 0
         try:
@@ -95,7 +95,7 @@ def test_kill_9_at_random_points_then_restart(
                 kills += 1
                 mark = log.stat().st_size
                 proc = serve_process(s, log)
-                await asyncio.to_thread(wait_serving_after, log, mark, s.partitions)
+                await asyncio.to_thread(wait_serving_after, log, mark, s.num_partitions)
             await feed
             fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
         finally:
@@ -109,7 +109,7 @@ def test_kill_9_at_random_points_then_restart(
         return forecasts_of(fc)
 
     fc = asyncio.run(go())
-    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.num_partitions))
 
 
 def outage_run(
@@ -152,7 +152,7 @@ def test_broker_restart_mid_stream(stocks: LoadedModel, tmp_path: Path) -> None:
         ticks = list(replay.synthetic(4, 3000, seed=7))
         fc, log = outage_run(s, ticks, tmp_path / "serve.log", broker.stop, broker.start, 600)
         assert "ERROR aiokafka" in log  # it did see the outage
-        check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+        check_exactly_once(fc, ticks, reference(stocks, ticks, s.num_partitions))
     finally:
         broker.stop()
 
@@ -164,7 +164,7 @@ async def stream_part(s: Settings, ticks: list[replay.Tick], rate: float) -> Non
 def test_second_instance_joins_and_leaves(
     kafka: LocalBroker, stocks: LoadedModel, tmp_path: Path
 ) -> None:
-    s = fresh_settings(kafka.bootstrap, partitions=4)
+    s = fresh_settings(kafka.bootstrap, num_partitions=4)
     n = 20000
     ticks = list(replay.synthetic(12, n, seed=7))
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
@@ -174,10 +174,10 @@ def test_second_instance_joins_and_leaves(
 
         await ensure_topics(s)
         feed = asyncio.create_task(stream(s, 12, n, rate=1000))
-        a = serve_process(s, log_a, instance="serve-a")
+        a = serve_process(s, log_a, client_id="serve-a")
         try:
             await asyncio.sleep(4.0)
-            b = serve_process(s, log_b, instance="serve-b")
+            b = serve_process(s, log_b, client_id="serve-b")
             await asyncio.to_thread(wait_serving, log_b)  # b owns partitions now
             await asyncio.sleep(4.0)
             assert re.search(r"partition \d+: [1-9]\d* symbols restored", log_b.read_text())
@@ -190,7 +190,7 @@ def test_second_instance_joins_and_leaves(
         return forecasts_of(fc)
 
     fc = asyncio.run(go())
-    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.num_partitions))
     by_instance = {d["instance"] for d in fc}
     assert by_instance == {"serve-a", "serve-b"}, by_instance
     # A symbol is served by one instance at a time: its forecasts, in tick order, change
@@ -209,13 +209,13 @@ def test_a_cluster_node_killed_mid_stream(
 ) -> None:
     """Three brokers, topics replicated 3× (min.insync 2): kill -9 of one node, which may
     lead partitions or the transaction coordinator, then restart it; nothing is lost."""
-    s = fresh_settings(kafka_cluster.bootstrap, replication=3)
+    s = fresh_settings(kafka_cluster.bootstrap, replication_factor=3)
     ticks = list(replay.synthetic(6, 4000, seed=7))
     fc, _ = outage_run(
         s, ticks, tmp_path / "serve.log",
         lambda: kafka_cluster.kill_node(0), lambda: kafka_cluster.start_node(0), 500,
     )  # fmt: skip
-    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.num_partitions))
 
 
 def test_crash_mid_checkpoint_round_resumes_exactly(
@@ -228,7 +228,7 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
     would apply them twice and every later forecast of that symbol would differ."""
     from streamer.serve.processor import Server, ensure_topics
 
-    s = fresh_settings(kafka.bootstrap, checkpoint_chunk=1, checkpoint_interval_s=0.3,
+    s = fresh_settings(kafka.bootstrap, checkpoint_max_records=1, checkpoint_interval_s=0.3,
                        precompile=False)  # fmt: skip
     # Five ticks per symbol share each timestamp: the stale-timestamp check cannot tell a
     # replayed tick from a new one, only its offset can.
@@ -248,12 +248,12 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
             await asyncio.sleep(0.001)
             written = first.metrics.state_records._value.get()
             for p, st in list(first.parts.items()):
-                if st.round is None or first.stats.batches < 10:
+                if st.round is None or first.counters.batches < 10:
                     continue
-                r0, b0 = seen.setdefault((p, st.round_start), (written, first.stats.batches))
+                r0, b0 = seen.setdefault((p, st.round_start), (written, first.counters.batches))
                 # Two records out and three batches since: the first chunks' transactions
                 # have committed (a batch starts sending only after the one before it).
-                if written - r0 >= 2 and first.stats.batches - b0 >= 3 and len(st.round) >= 2:
+                if written - r0 >= 2 and first.counters.batches - b0 >= 3 and len(st.round) >= 2:
                     task.cancel()  # no graceful checkpoint: the round stays half written
                     crashed = True
                     break
@@ -268,8 +268,8 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
                               timeout_s=120)  # fmt: skip
         stop.set()
         await task
-        assert second.stats.replayed > 0
+        assert second.counters.replayed > 0
         return forecasts_of(fc)
 
     fc = asyncio.run(go())
-    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.num_partitions))

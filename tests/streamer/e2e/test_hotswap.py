@@ -30,6 +30,7 @@ from streamer.kafka.announcements import ModelFollower, announce
 from streamer.kafka.local import LocalBroker, free_port
 from streamer.serve.processor import Server
 from streamer.settings import Settings
+from tests.streamer.core.test_swap import perturbed
 from tests.streamer.harness import (
     Tick,
     forecasts_of,
@@ -39,7 +40,6 @@ from tests.streamer.harness import (
     serve_process,
     wait_serving,
 )
-from tests.streamer.test_swap import perturbed
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_swap_mid_stream_loses_no_tick_and_tags_every_forecast(
                 settings.kafka_bootstrap, settings.ticks_topic, ticks(), rate=3000, progress=False
             )
         )
-        await until(lambda: server.stats.forecasts > 3000)
+        await until(lambda: server.counters.forecasts > 3000)
         await announce(
             settings.kafka_bootstrap,
             settings.models_topic,
@@ -113,7 +113,7 @@ def test_swap_mid_stream_loses_no_tick_and_tags_every_forecast(
         await until(lambda: server.engine.version == v_new, timeout=120)
         swapped_at.append(time.monotonic())
         await feeder
-        await until(lambda: server.stats.forecasts == len(sent))
+        await until(lambda: server.counters.forecasts == len(sent))
 
     asyncio.run(live(settings, server, body))
     assert counter(server, "swaps") == 1
@@ -141,7 +141,7 @@ def test_swap_mid_stream_loses_no_tick_and_tags_every_forecast(
     assert n_old > 1000 and n_new > 1000, (n_old, n_new)
     # Old-version forecasts are exactly the old model's uninterrupted run; new-version ones
     # come from other weights (they differ from what the old model would have said).
-    ref = reference(stocks, sent, settings.partitions)
+    ref = reference(stocks, sent, settings.num_partitions)
     old = [d for d in fc if d["model"] == stocks.version]
     new_fc = [d for d in fc if d["model"] == v_new]
     assert all(
@@ -204,7 +204,7 @@ def test_bad_versions_are_refused_and_the_old_model_keeps_serving(
                 progress=False,
             )
         )
-        await until(lambda: server.stats.forecasts > 200)
+        await until(lambda: server.counters.forecasts > 200)
         for v in (v_corrupt, v_units, v_feats, v_trunc, "20990101T000000Z-deadbeef"):
             before = follower.applied
             await announce(settings.kafka_bootstrap, settings.models_topic, {"version": v})
@@ -218,7 +218,7 @@ def test_bad_versions_are_refused_and_the_old_model_keeps_serving(
         await producer.stop()
         await until(lambda: counter(server, "refused", "invalid") == 1)
         await feeder
-        await until(lambda: server.stats.forecasts == len(ticks))
+        await until(lambda: server.counters.forecasts == len(ticks))
 
     asyncio.run(live(settings, server, body))
     assert counter(server, "refused", "corrupt") == 2  # flipped weights, truncated metadata

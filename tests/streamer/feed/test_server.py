@@ -50,7 +50,11 @@ class Stack:
 
     def __init__(self, bootstrap: str) -> None:
         self.settings = fresh_settings(
-            bootstrap, feed_port=0, precompile=False, feed_max_symbols=20, feed_rate=200.0
+            bootstrap,
+            feed_port=0,
+            precompile=False,
+            feed_max_symbols=20,
+            feed_client_msgs_per_s=200.0,
         )
         enable_compile_cache()  # as `tickcast serve` does: precompiling hits the disk cache
         self.loop = asyncio.new_event_loop()
@@ -351,7 +355,7 @@ def test_connection_limit(stack: Stack) -> None:
 
 
 def test_message_rate_limit(stack: Stack) -> None:
-    fs = stack.call(stack.feed_server(feed_rate=5.0))
+    fs = stack.call(stack.feed_server(feed_client_msgs_per_s=5.0))
     try:
 
         async def go() -> None:
@@ -457,7 +461,7 @@ def test_a_stalled_client_is_conflated_then_closed_and_others_keep_pace(stack: S
     """50 clients; one stops reading. The other 49 see the same delivery latency as without
     it (within 2x), the stalled one is conflated, then closed; memory stays bounded."""
     fs = stack.call(
-        stack.feed_server(feed_queue=600, feed_slow_close_s=3.0, feed_buffer_bytes=32768)
+        stack.feed_server(feed_conflate_after=600, feed_slow_close_s=3.0, feed_buffer_bytes=32768)
     )
 
     async def phase(n_ok: int, stalled: bool, seconds: float) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from streamer.kafka.local import LocalBroker, free_port
 from streamer.metrics import Metrics, close_http, serve_http
 from streamer.serve.processor import Server
 from streamer.settings import Settings
+from tests.streamer.core.test_engine import head, offline
 from tests.streamer.harness import (
     Tick,
     check_exactly_once,
@@ -33,7 +34,6 @@ from tests.streamer.harness import (
     reference,
     tick_records,
 )
-from tests.streamer.test_engine import head, offline
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +71,7 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
     async def go() -> list[dict[str, Any]]:
         await produce_raw(s, tick_records(ticks))
         server = Server(s, stocks, hub=hub, metrics=metrics)
-        await serve_until(server, lambda: server.stats.forecasts >= len(ticks))
+        await serve_until(server, lambda: server.counters.forecasts >= len(ticks))
         return forecasts_of(
             await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks))
         )
@@ -82,7 +82,7 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
             scrape = r.read().decode()
     finally:
         close_http(http)
-    check_exactly_once(fc, ticks, reference(stocks, ticks, s.partitions))
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.num_partitions))
     # ... and equal to `tickcast evaluate`'s carried-state path, symbol by symbol.
     ref = offline(stocks, series)
     w = stocks.config.window
@@ -96,7 +96,7 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
         np.testing.assert_allclose(got, ref[sym_series.symbol], rtol=1e-5)
         assert all(d["model"] == stocks.version for d in mine)
         assert all(
-            d["source"]["partition"] == partition_of(d["symbol"], s.partitions) for d in mine
+            d["source"]["partition"] == partition_of(d["symbol"], s.num_partitions) for d in mine
         )
     assert len(seen) == len(ticks)  # the hub got each forecast once
     assert f"tickcast_ticks_consumed_total {float(len(ticks))}" in scrape
@@ -136,12 +136,12 @@ def test_malformed_ticks_go_to_the_dlq_with_reasons(
             kind = int(rng.integers(0, len(bad_values) + 2))
             if kind < len(bad_values):
                 value, key, reason = bad_values[kind]
-                records.append((key, value, partition_of(t[0], s.partitions)))
+                records.append((key, value, partition_of(t[0], s.num_partitions)))
             elif kind == len(bad_values):
                 records.append((t[0].encode(), encode(t[0], t[1] - 50, 9.0), None))
                 reason = "stale_ts"
             else:
-                other = (partition_of(t[0], s.partitions) + 1) % s.partitions
+                other = (partition_of(t[0], s.num_partitions) + 1) % s.num_partitions
                 records.append((t[0].encode(), encode(t[0], t[1], 9.0), other))
                 reason = "partition_mismatch"
             expected[reason] += 1
@@ -155,10 +155,10 @@ def test_malformed_ticks_go_to_the_dlq_with_reasons(
         server = Server(s, stocks)
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
-        while server.stats.ticks < 20:
+        while server.counters.ticks < 20:
             await asyncio.sleep(0.05)
         await produce_raw(s, records[20:])
-        while server.stats.ticks < len(records) and not task.done():
+        while server.counters.ticks < len(records) and not task.done():
             await asyncio.sleep(0.05)
         stop.set()
         await task
@@ -172,7 +172,7 @@ def test_malformed_ticks_go_to_the_dlq_with_reasons(
     assert all(dict(r.headers)["detail"] and dict(r.headers)["source"] for r in dlq)
     originals = {v for _, v, _ in records}
     assert all(r.value in originals or r.value == b"" for r in dlq)  # the original bytes
-    check_exactly_once(fc, good, reference(stocks, good, s.partitions))
+    check_exactly_once(fc, good, reference(stocks, good, s.num_partitions))
 
 
 def test_settings_reach_the_server(kafka: LocalBroker, stocks: LoadedModel) -> None:
@@ -182,7 +182,7 @@ def test_settings_reach_the_server(kafka: LocalBroker, stocks: LoadedModel) -> N
     async def go() -> Server:
         await produce_raw(s, tick_records(ticks))
         server = Server(s, stocks)
-        await serve_until(server, lambda: server.stats.ticks >= len(ticks))
+        await serve_until(server, lambda: server.counters.ticks >= len(ticks))
         return server
 
     server = asyncio.run(go())
@@ -199,7 +199,8 @@ def test_replay_cli_publishes_a_bundled_series_in_time_order(kafka: LocalBroker)
     series = load("stocks")
     total = sum(len(x) for x in series)
     rc = main(["replay", "--data", "stocks", "--quiet", "--kafka-bootstrap", s.kafka_bootstrap,
-               "--ticks-topic", s.ticks_topic, "--partitions", str(s.partitions)])  # fmt: skip
+               "--ticks-topic", s.ticks_topic,
+               "--num-partitions", str(s.num_partitions)])  # fmt: skip
     assert rc == 0
     recs = asyncio.run(read_topic(s.kafka_bootstrap, s.ticks_topic, expect=total))
     assert len(recs) == total
@@ -207,7 +208,7 @@ def test_replay_cli_publishes_a_bundled_series_in_time_order(kafka: LocalBroker)
     for r in recs:
         d = orjson.loads(r.value)
         assert r.key == d["symbol"].encode()
-        assert r.partition == partition_of(d["symbol"], s.partitions)
+        assert r.partition == partition_of(d["symbol"], s.num_partitions)
         by_symbol.setdefault(d["symbol"], []).append(d["ts"])
     assert {k: len(v) for k, v in by_symbol.items()} == {x.symbol: len(x) for x in series}
     assert all(v == sorted(v) for v in by_symbol.values())

@@ -102,7 +102,7 @@ def test_a_run_against_a_real_serve(kafka: LocalBroker, tmp_path: Path) -> None:
     """Every followed forecast arrives (none lost, none conflated at this load), the rate is
     held, and the report, its JSON and plots are written; through the CLI."""
     feed, metrics = free_port(), free_port()
-    s = fresh_settings(kafka.bootstrap, feed_port=feed, metrics_port=metrics, feed_frame_rate=0.0)
+    s = fresh_settings(kafka.bootstrap, feed_port=feed, metrics_port=metrics, feed_frames_per_s=0.0)
     log = tmp_path / "serve.log"
     proc = serve_process(s, log)
     try:
