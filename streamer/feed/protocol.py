@@ -1,11 +1,11 @@
 """The websocket feed's protocol and per-client state, without sockets (docs/feed.md).
 
-`Feed` subscribes to the hub. A published batch is appended to the `Outbox` of each client
+`FeedProtocol` subscribes to the hub. A published batch is appended to the `Outbox` of each client
 subscribed to its symbols (references to the shared payload bytes, no copies, no encoding),
 and the client's writer is woken through `notify`. The async shell (`streamer.feed.server`) runs
-one writer task per connection that takes everything pending as frames (`Feed.take`) and
+one writer task per connection that takes everything pending as frames (`FeedProtocol.take`) and
 sends them, so no client ever waits for another. Client messages go through
-`Feed.handle`, which answers by queueing replies on the same outbox.
+`FeedProtocol.handle`, which answers by queueing replies on the same outbox.
 
 Every frame gets the connection's next `seq` when it is taken, so the numbers a client sees
 are consecutive in the order they were written to its socket.
@@ -213,7 +213,7 @@ class Client:
         return True
 
 
-class Feed:
+class FeedProtocol:
     """Subscriptions and messages of every connection (see the module docstring)."""
 
     def __init__(

@@ -2,7 +2,7 @@
 
 One port serves the feed (websocket upgrade, any path; `/ws` by convention) and plain HTTP:
 `/healthz`, `/readyz`, the dashboard at `/` and its files under `/static/`. Each connection
-gets a reader (its messages go to `Feed.handle`) and a writer task that sends whatever its
+gets a reader (its messages go to `FeedProtocol.handle`) and a writer task that sends whatever its
 outbox holds; a heartbeat task queues heartbeats and closes clients whose sends stay blocked.
 """
 
@@ -26,7 +26,7 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamer.feed.hub import Hub
-from streamer.feed.protocol import Client, Feed, Limits
+from streamer.feed.protocol import Client, FeedProtocol, Limits
 from streamer.metrics import Metrics
 from streamer.settings import Settings
 
@@ -54,7 +54,7 @@ class FeedServer:
         self.settings = settings
         self.limits = Limits.of(settings)
         self.metrics = metrics
-        self.feed = Feed(hub, self.limits, status=status, metrics=metrics)
+        self.feed = FeedProtocol(hub, self.limits, status=status, metrics=metrics)
         self.ready = ready
         self._server: WsServer | None = None
         self._heartbeat: asyncio.Task[None] | None = None

@@ -32,7 +32,7 @@ from model import checkpoint
 from model.checkpoint import CheckpointError
 
 if TYPE_CHECKING:
-    from streamer.serve.processor import Server
+    from streamer.serve.processor import StreamProcessor
     from streamer.settings import Settings
 
 __all__ = [
@@ -147,7 +147,7 @@ class ModelFollower:
     announced again is tried again (the registry may have been repaired).
     """
 
-    def __init__(self, settings: Settings, server: Server) -> None:
+    def __init__(self, settings: Settings, server: StreamProcessor) -> None:
         self.settings = settings
         self.server = server
         self.metrics = server.metrics

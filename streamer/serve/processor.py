@@ -102,7 +102,7 @@ async def ensure_topics(settings: Settings) -> None:
 
 
 @dataclass
-class _Partition:
+class PartitionProgress:
     """Where a ticks partition stands in this session."""
 
     next_offset: int  # first tick offset not applied yet
@@ -115,7 +115,7 @@ class _Partition:
 
 
 @dataclass
-class _Outgoing:
+class BatchCommit:
     """What one batch sends: forecasts, dead letters, state records, offsets to commit."""
 
     offsets: dict[int, int]  # ticks partition -> next offset
@@ -144,8 +144,8 @@ class Counters:
     assigned: list[list[int]] = field(default_factory=list)
 
 
-class Server:
-    """The serving loop. `await Server(settings, loaded).run(stop_event)`."""
+class StreamProcessor:
+    """The serving loop. `await StreamProcessor(settings, loaded).run(stop_event)`."""
 
     def __init__(
         self,
@@ -161,7 +161,7 @@ class Server:
         self.metrics.set_model({"version": loaded.version, **loaded.config.to_dict()})
         self.counters = Counters()
         self.lock = asyncio.Lock()
-        self.parts: dict[int, _Partition] = {}
+        self.parts: dict[int, PartitionProgress] = {}
         self._last_checkpoint = 0.0
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
@@ -404,7 +404,7 @@ class Server:
             if committed is not None:
                 self._consumer.seek(ttp, start)
         publish_from = max(start, committed or 0)
-        self.parts[p] = _Partition(next_offset=start, publish_from=publish_from)
+        self.parts[p] = PartitionProgress(next_offset=start, publish_from=publish_from)
         log.info(
             "partition %d: %d symbols restored (%d re-warmed), replay %d..%d, publish from %d",
             p,
@@ -431,7 +431,7 @@ class Server:
             for st in self.parts.values()
         )
 
-    def _compute(self, batch: dict[TopicPartition, list[Any]]) -> _Outgoing | None:
+    def _compute(self, batch: dict[TopicPartition, list[Any]]) -> BatchCommit | None:
         """Everything synchronous about a batch: decode, step, encode, checkpoint records.
         Advances the engine and the partitions' positions."""
         t0 = time.perf_counter()
@@ -530,7 +530,7 @@ class Server:
         advanced: dict[int, int] | None = None,
         force_checkpoint: bool = False,
         only: list[int] | None = None,
-    ) -> _Outgoing:
+    ) -> BatchCommit:
         """The commit of a batch: offsets to commit and, when due, state checkpoints
         (taken now, so they match exactly the ticks applied so far)."""
         advanced = advanced or {}
@@ -562,7 +562,7 @@ class Server:
                     st.round_start = advanced.get(oldest, st.next_offset)
         # While re-applying ticks after a restore the position is below the committed
         # offset; committing it would move the group back and republish those forecasts.
-        out = _Outgoing(
+        out = BatchCommit(
             offsets={p: max(o, self.parts[p].publish_from) for p, o in advanced.items()}
         )
         records: dict[int, list[tuple[bytes, bytes | None]]] = {}
@@ -597,7 +597,7 @@ class Server:
         st.checkpointed, st.checkpoint_time = nxt, now
         st.round, st.round_start = None, -1
 
-    async def _send(self, out: _Outgoing) -> None:
+    async def _send(self, out: BatchCommit) -> None:
         """Publish forecasts, dead letters, checkpoints and offsets: atomically in one Kafka
         transaction (exactly-once), or send, wait, then commit (at-least-once)."""
         s = self.settings
@@ -672,7 +672,7 @@ class Server:
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, server: Server) -> None:
+    def __init__(self, server: StreamProcessor) -> None:
         self.server = server
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
@@ -704,7 +704,7 @@ async def serving(
         if settings.metrics_port
         else None
     )
-    server = Server(settings, loaded, metrics=metrics)
+    server = StreamProcessor(settings, loaded, metrics=metrics)
     feed: FeedServer | None = None
     follower: asyncio.Task[None] | None = None
     try:

@@ -26,7 +26,7 @@ from model.train import fit
 from streamer.jobs import replay
 from streamer.jobs.retrain import Options, run_once
 from streamer.kafka.local import LocalBroker
-from streamer.serve.processor import Server
+from streamer.serve.processor import StreamProcessor
 from tests.streamer.e2e.test_hotswap import live, until
 from tests.streamer.harness import Tick, forecasts_of, fresh_settings, read_topic, reference
 
@@ -69,7 +69,7 @@ def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
     v0 = reg.add(r.model, r.stats, {"data": {"source": "drift regime one"}})
     reg.promote(v0, "seed")
     champion = reg.load(v0)
-    server = Server(settings, champion)
+    server = StreamProcessor(settings, champion)
     sent: list[Tick] = []
     swapped_at: list[float] = []
     attempt: dict = {}

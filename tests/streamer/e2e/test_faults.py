@@ -226,7 +226,7 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
     records committed leaves records newer than the marker: the next session replays from
     the marker and must drop the ticks such a record already holds (`skip_applied`), or it
     would apply them twice and every later forecast of that symbol would differ."""
-    from streamer.serve.processor import Server, ensure_topics
+    from streamer.serve.processor import StreamProcessor, ensure_topics
 
     s = fresh_settings(kafka.bootstrap, checkpoint_max_records=1, checkpoint_interval_s=0.3,
                        precompile=False)  # fmt: skip
@@ -239,7 +239,7 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
 
     async def go() -> list[dict[str, Any]]:
         await ensure_topics(s)
-        first = Server(s, stocks)
+        first = StreamProcessor(s, stocks)
         task = asyncio.create_task(first.run(asyncio.Event()))
         feed = asyncio.create_task(stream_part(s, ticks, rate=900))
         crashed = False
@@ -260,7 +260,7 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
         assert crashed, "no checkpoint round was caught in flight"
         with contextlib.suppress(asyncio.CancelledError):
             await task
-        second = Server(s, stocks)  # same instance name: fences the first's transaction
+        second = StreamProcessor(s, stocks)  # same instance name: fences the first's transaction
         stop = asyncio.Event()
         task = asyncio.create_task(second.run(stop))
         await feed

@@ -28,7 +28,7 @@ from streamer import cli
 from streamer.jobs import replay
 from streamer.kafka.announcements import ModelFollower, announce
 from streamer.kafka.local import LocalBroker, free_port
-from streamer.serve.processor import Server
+from streamer.serve.processor import StreamProcessor
 from streamer.settings import Settings
 from tests.streamer.core.test_swap import perturbed
 from tests.streamer.harness import (
@@ -47,12 +47,12 @@ def stocks() -> LoadedModel:
     return checkpoint.load("model/bundled/stocks")
 
 
-def counter(server: Server, name: str, label: str | None = None) -> float:
+def counter(server: StreamProcessor, name: str, label: str | None = None) -> float:
     metric = getattr(server.metrics, name)
     return float((metric.labels(label) if label else metric)._value.get())
 
 
-async def live(settings: Settings, server: Server, body: Any) -> Any:
+async def live(settings: Settings, server: StreamProcessor, body: Any) -> Any:
     """Run the server and its model follower around `body()`."""
     stop = asyncio.Event()
     follower = ModelFollower(settings, server)
@@ -84,7 +84,7 @@ def test_swap_mid_stream_loses_no_tick_and_tags_every_forecast(
     reg = Registry(settings.registry)
     new = perturbed(stocks, "unused")
     v_new = reg.add(new.model, new.stats, {"parent": stocks.version})
-    server = Server(settings, stocks)
+    server = StreamProcessor(settings, stocks)
     enable_compile_cache()  # as `tickcast serve` does
     server.engine.precompile()
     sent: list[Tick] = []
@@ -192,7 +192,7 @@ def test_bad_versions_are_refused_and_the_old_model_keeps_serving(
     meta = reg.path(v_trunc) / "metadata.json"
     meta.write_text(meta.read_text()[:40])
     ticks = list(replay.synthetic(10, 4000, seed=4))
-    server = Server(settings, stocks)
+    server = StreamProcessor(settings, stocks)
 
     async def body(follower: ModelFollower) -> None:
         feeder = asyncio.create_task(
@@ -248,7 +248,7 @@ def test_a_restarted_server_adopts_the_announced_champion(
     v_b = reg.import_dir("model/bundled/stocks")
     assert v_b == stocks.version and reg.has(v_b)
     shutil.rmtree(reg.path(v_b))
-    server = Server(settings, stocks)
+    server = StreamProcessor(settings, stocks)
 
     async def body(follower: ModelFollower) -> None:
         await until(lambda: server.engine.version == v_a)

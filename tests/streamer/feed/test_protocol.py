@@ -9,7 +9,7 @@ import orjson
 import pytest
 
 from streamer.feed.hub import History, Hub
-from streamer.feed.protocol import ERROR_CODES, Feed, Limits, Outbox
+from streamer.feed.protocol import ERROR_CODES, FeedProtocol, Limits, Outbox
 
 
 def forecast(sym: str, seq: int) -> bytes:
@@ -25,7 +25,7 @@ def publish(hub: Hub, items: list[tuple[str, int]]) -> None:
 class Conn:
     """A fake connection: takes frames the way the server's writer does."""
 
-    def __init__(self, feed: Feed) -> None:
+    def __init__(self, feed: FeedProtocol) -> None:
         self.feed = feed
         self.woken = 0
         self.client = feed.connect(self.wake)
@@ -55,9 +55,9 @@ def hub() -> Hub:
 
 
 @pytest.fixture
-def feed(hub: Hub) -> Feed:
+def feed(hub: Hub) -> FeedProtocol:
     t = [0.0]
-    f = Feed(hub, Limits(max_symbols=3, rate=5, queue=4), status=lambda: {"model": "m"},
+    f = FeedProtocol(hub, Limits(max_symbols=3, rate=5, queue=4), status=lambda: {"model": "m"},
              clock=lambda: t[0])  # fmt: skip
     f.now = t  # type: ignore[attr-defined]
     return f
@@ -90,7 +90,7 @@ def test_outbox_merges_forecasts_and_conflates_beyond_its_limit() -> None:
     assert msg["forecasts"] == [7, 5, 8] and msg["conflated"] == 2 and msg["seq"] == 3
 
 
-def test_hello_subscribe_snapshot_then_updates(hub: Hub, feed: Feed) -> None:
+def test_hello_subscribe_snapshot_then_updates(hub: Hub, feed: FeedProtocol) -> None:
     publish(hub, [("A", 1), ("A", 2), ("B", 1)])
     c = Conn(feed)
     assert c.woken == 1  # the writer sends the hello at once
@@ -109,7 +109,7 @@ def test_hello_subscribe_snapshot_then_updates(hub: Hub, feed: Feed) -> None:
     assert c.woken >= 1
 
 
-def test_wildcard_unsubscribe_resync_list_ping(hub: Hub, feed: Feed) -> None:
+def test_wildcard_unsubscribe_resync_list_ping(hub: Hub, feed: FeedProtocol) -> None:
     publish(hub, [("A", 1), ("B", 1)])
     c = Conn(feed)
     c.recv()
@@ -147,7 +147,9 @@ def test_wildcard_unsubscribe_resync_list_ping(hub: Hub, feed: Feed) -> None:
         ('{"op": "subscribe", "id": 3, "symbols": ["A", "B", "C", "D"]}', "too_many_symbols"),
     ],
 )
-def test_errors_are_replies_with_a_code(feed: Feed, message: str | bytes, code: str) -> None:
+def test_errors_are_replies_with_a_code(
+    feed: FeedProtocol, message: str | bytes, code: str
+) -> None:
     c = Conn(feed)
     c.recv()
     c.send(message)
@@ -159,7 +161,7 @@ def test_errors_are_replies_with_a_code(feed: Feed, message: str | bytes, code: 
     assert c.client.symbols == set()  # nothing half-applied
 
 
-def test_symbol_limit_counts_what_is_held(feed: Feed) -> None:
+def test_symbol_limit_counts_what_is_held(feed: FeedProtocol) -> None:
     c = Conn(feed)
     c.recv()
     c.send({"op": "subscribe", "symbols": ["A", "B"]})
@@ -172,13 +174,13 @@ def test_symbol_limit_counts_what_is_held(feed: Feed) -> None:
 
 
 def test_wildcard_can_be_disabled(hub: Hub) -> None:
-    c = Conn(Feed(hub, Limits(wildcard=False)))
+    c = Conn(FeedProtocol(hub, Limits(wildcard=False)))
     c.recv()
     c.send({"op": "subscribe", "symbols": "*"})
     assert c.recv()[0]["code"] == "wildcard_disabled"
 
 
-def test_rate_limit_refills_and_replies_once_a_second(feed: Feed) -> None:
+def test_rate_limit_refills_and_replies_once_a_second(feed: FeedProtocol) -> None:
     c = Conn(feed)
     c.recv()
     for _ in range(30):  # burst of 2 x 5, then 20 over the limit
@@ -194,7 +196,7 @@ def test_rate_limit_refills_and_replies_once_a_second(feed: Feed) -> None:
     assert all(m["type"] == "pong" for m in c.recv())
 
 
-def test_ids_must_be_scalars(feed: Feed) -> None:
+def test_ids_must_be_scalars(feed: FeedProtocol) -> None:
     c = Conn(feed)
     c.recv()
     deep = "[" * 300 + "]" * 300  # parses, but could not be echoed back
@@ -210,7 +212,7 @@ def test_ids_must_be_scalars(feed: Feed) -> None:
         assert pong["type"] == "pong" and pong["id"] == rid
 
 
-def test_resync_spam_queues_one_snapshot_per_symbol(hub: Hub, feed: Feed) -> None:
+def test_resync_spam_queues_one_snapshot_per_symbol(hub: Hub, feed: FeedProtocol) -> None:
     """Snapshots are built when taken: a client that resyncs without reading queues no
     more than one per symbol, and what it finally gets is current."""
     publish(hub, [("A", 1), ("B", 1)])
@@ -231,7 +233,7 @@ def test_resync_spam_queues_one_snapshot_per_symbol(hub: Hub, feed: Feed) -> Non
 def test_wildcard_snapshots_come_in_chunks(hub: Hub) -> None:
     from streamer.feed.protocol import SNAPSHOT_CHUNK
 
-    feed = Feed(hub, Limits())
+    feed = FeedProtocol(hub, Limits())
     n = 2 * SNAPSHOT_CHUNK + 5
     publish(hub, [(f"S{i:03d}", 1) for i in range(n)])
     c = Conn(feed)
@@ -250,7 +252,7 @@ def test_wildcard_snapshots_come_in_chunks(hub: Hub) -> None:
     assert [f["symbol"] for f in rest[-1]["forecasts"]] == ["S000", "NEW"]
 
 
-def test_unsubscribe_drops_pending_and_disconnect_unindexes(hub: Hub, feed: Feed) -> None:
+def test_unsubscribe_drops_pending_and_disconnect_unindexes(hub: Hub, feed: FeedProtocol) -> None:
     a, b = Conn(feed), Conn(feed)
     for c in (a, b):
         c.recv()
@@ -264,7 +266,7 @@ def test_unsubscribe_drops_pending_and_disconnect_unindexes(hub: Hub, feed: Feed
     assert a.recv() == [] and feed._by_symbol == {}
 
 
-def test_heartbeat_carries_stats_and_flags_blocked_clients(feed: Feed) -> None:
+def test_heartbeat_carries_stats_and_flags_blocked_clients(feed: FeedProtocol) -> None:
     a, b = Conn(feed), Conn(feed)
     a.recv()
     b.recv()
@@ -277,7 +279,7 @@ def test_heartbeat_carries_stats_and_flags_blocked_clients(feed: Feed) -> None:
     assert feed.heartbeat() == [b.client]
 
 
-def test_heartbeat_slices_cover_every_client_once_per_round(feed: Feed) -> None:
+def test_heartbeat_slices_cover_every_client_once_per_round(feed: FeedProtocol) -> None:
     conns = [Conn(feed) for _ in range(7)]
     for c in conns:
         c.recv()

@@ -1,5 +1,6 @@
 """The websocket feed end to end: real websocket clients against the real server, fed by
-the real stream (a Kafka broker, `Server` consuming ticks, publishing forecasts to the hub).
+the real stream (a Kafka broker, `StreamProcessor` consuming ticks, publishing forecasts to
+the hub).
 
 One stack per module runs in a background thread with its own event loop (like a separate
 process, but inspectable); each test talks to it with real sockets from its own loop. Tests
@@ -36,7 +37,7 @@ from model.runtime import enable_compile_cache
 from streamer.feed.server import FeedServer
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker
-from streamer.serve.processor import Server
+from streamer.serve.processor import StreamProcessor
 from tests.streamer.harness import ROOT, fresh_settings, produce_raw, read_topic, tick_records
 
 T = TypeVar("T")
@@ -46,7 +47,8 @@ SYMBOLS = ["AAPL", "GOOG", "IBM", "MSFT"]
 
 
 class Stack:
-    """Broker (the session's), `Server` and `FeedServer` on a loop in a background thread."""
+    """Broker (the session's), `StreamProcessor` and `FeedServer` on a loop in a background
+    thread."""
 
     def __init__(self, bootstrap: str) -> None:
         self.settings = fresh_settings(
@@ -71,7 +73,7 @@ class Stack:
 
     async def _start(self) -> int:
         self.stop = asyncio.Event()
-        self.server = Server(self.settings, self.loaded)
+        self.server = StreamProcessor(self.settings, self.loaded)
         # As `tickcast serve` does: a compile on a live batch would stall this loop (and
         # every websocket on it) for seconds.
         await asyncio.to_thread(self.server.engine.precompile)

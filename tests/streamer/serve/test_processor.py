@@ -20,7 +20,7 @@ from streamer.feed.hub import Hub
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker, free_port
 from streamer.metrics import Metrics, close_http, serve_http
-from streamer.serve.processor import Server
+from streamer.serve.processor import StreamProcessor
 from streamer.settings import Settings
 from tests.streamer.core.test_engine import head, offline
 from tests.streamer.harness import (
@@ -41,7 +41,7 @@ def stocks() -> LoadedModel:
     return checkpoint.load("model/bundled/stocks")
 
 
-async def serve_until(server: Server, done: Any, timeout: float = 120.0) -> None:
+async def serve_until(server: StreamProcessor, done: Any, timeout: float = 120.0) -> None:
     stop = asyncio.Event()
     task = asyncio.create_task(server.run(stop))
     try:
@@ -70,7 +70,7 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
 
     async def go() -> list[dict[str, Any]]:
         await produce_raw(s, tick_records(ticks))
-        server = Server(s, stocks, hub=hub, metrics=metrics)
+        server = StreamProcessor(s, stocks, hub=hub, metrics=metrics)
         await serve_until(server, lambda: server.counters.forecasts >= len(ticks))
         return forecasts_of(
             await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks))
@@ -152,7 +152,7 @@ def test_malformed_ticks_go_to_the_dlq_with_reasons(
         # Every symbol's first ticks are served before anything arrives on a foreign
         # partition (partitions are not ordered with respect to each other).
         await produce_raw(s, records[:20])
-        server = Server(s, stocks)
+        server = StreamProcessor(s, stocks)
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
         while server.counters.ticks < 20:
@@ -179,9 +179,9 @@ def test_settings_reach_the_server(kafka: LocalBroker, stocks: LoadedModel) -> N
     s: Settings = replace(fresh_settings(kafka.bootstrap), max_symbols=3)
     ticks = list(replay.synthetic(5, 50))
 
-    async def go() -> Server:
+    async def go() -> StreamProcessor:
         await produce_raw(s, tick_records(ticks))
-        server = Server(s, stocks)
+        server = StreamProcessor(s, stocks)
         await serve_until(server, lambda: server.counters.ticks >= len(ticks))
         return server
 
