@@ -21,53 +21,21 @@ flagged `warming` (the state has seen less than a window).
 from __future__ import annotations
 
 import logging
-import struct
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
-import orjson
 
 from model.checkpoint import LoadedModel
 from model.features import history_features, to_price
+from streamer.core.forecasts import Forecasts
+from streamer.core.slots import SlotTable
+from streamer.core.state_records import decode_state, encode_states
+from streamer.core.swap import PendingSwap, Snapshot, buffer_features
 from streamer.core.ticks import Decoded, Rejected
 
 log = logging.getLogger(__name__)
-
-STATE_FORMAT = 1
-MARKER_KEY = b"\x00partition"  # per-partition marker record in the state topic
-_HEADER = struct.Struct("<I")
-CATCH_UP_STEPS = 8  # ticks per dispatch when a swap steps a symbol through what it missed
-
-
-@dataclass
-class Forecasts:
-    """One micro-batch's forecasts, columnar; row i answers input tick `index[i]`.
-
-    `forecast`, `lower`, `upper` are the next tick's price (median) and its central 90%
-    interval, in price units. `seq` counts the symbol's ticks from 1.
-    """
-
-    symbols: list[str]
-    index: np.ndarray  # int64 [n], position of the tick in the decoded batch's input
-    ts: np.ndarray  # int64 [n], epoch ms of the tick
-    partition: np.ndarray  # int32 [n]
-    offset: np.ndarray  # int64 [n]
-    seq: np.ndarray  # int64 [n]
-    price: np.ndarray  # float64 [n], the tick's price
-    forecast: np.ndarray  # float64 [n]
-    lower: np.ndarray  # float64 [n]
-    upper: np.ndarray  # float64 [n]
-    warming: np.ndarray  # bool [n]
-    version: str
-    sq_err_model: float = 0.0  # squared errors of the previous forecasts these ticks resolve
-    sq_err_persistence: float = 0.0
-    n_err: int = 0
-
-    def __len__(self) -> int:
-        return len(self.symbols)
 
 
 @dataclass
@@ -80,7 +48,7 @@ class Applied:
     step_s: float = 0.0  # time in the device step (features and bookkeeping excluded)
 
 
-class Engine:
+class Engine(SlotTable):
     """Symbols → slots, rolling buffers and carried LSTM state for up to `max_symbols`.
 
     Args:
@@ -102,29 +70,9 @@ class Engine:
         self.stats = loaded.stats
         self.version = loaded.version
         self.window = w = self.config.window
-        self.history = 2 * w
-        self.max_symbols = max_symbols
-        self.idle_evict_s = idle_evict_s
-        self.clock = clock
+        self.buffer_len = 2 * w  # ticks kept per symbol
+        super().__init__(max_symbols, self.buffer_len, idle_evict_s, clock)
         self.runtime = loaded.runtime(max_symbols, min_bucket=8)
-        s, r = max_symbols, self.history
-        self.slot_of: dict[str, int] = {}
-        self.symbol_at: list[str | None] = [None] * s
-        self._free = list(range(s - 1, -1, -1))
-        self.prices = np.zeros((s, r), np.float64)
-        self.times = np.zeros((s, r), np.int64)
-        self.volumes = np.full((s, r), np.nan, np.float64)
-        self.count = np.zeros(s, np.int64)  # ticks applied since the state started
-        self.seq = np.zeros(s, np.int64)  # ticks applied over the symbol's life here
-        self.gen = np.zeros(s, np.int64)  # bumped when a slot's state starts over
-        self.last_ts = np.zeros(s, np.int64)
-        self.partition = np.full(s, -1, np.int32)
-        self.offset = np.full(s, -1, np.int64)
-        self.last_seen = np.zeros(s, np.float64)
-        self.last_forecast = np.full(s, np.nan, np.float64)
-        self.dirty = np.zeros(s, bool)
-        self.tombstones: dict[int, set[str]] = {}
-        self._last_sweep = clock()
 
     def precompile(self) -> int:
         """Compile the shapes steady traffic uses (1 and a few ticks per symbol, every
@@ -143,63 +91,6 @@ class Engine:
             self.runtime.states_of(slots)
             self.runtime.reset(slots)
         return n
-
-    # ----------------------------------------------------------------- symbol table
-    def __len__(self) -> int:
-        return len(self.slot_of)
-
-    def symbols(self, partitions: Iterable[int] | None = None) -> list[str]:
-        if partitions is None:
-            return list(self.slot_of)
-        ps = set(partitions)
-        return [sym for sym, s in self.slot_of.items() if int(self.partition[s]) in ps]
-
-    def _allocate(self, symbol: str, evicted: list[str]) -> int:
-        if not self._free:
-            used = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
-            oldest = int(used[np.argmin(self.last_seen[used])])
-            evicted.append(self._release(oldest, tombstone=True))
-        slot = self._free.pop()
-        self.slot_of[symbol] = slot
-        self.symbol_at[slot] = symbol
-        self.count[slot] = 0
-        self.seq[slot] = 0
-        self.gen[slot] += 1  # a new life in this slot: a pending swap must re-warm it
-        self.partition[slot] = -1
-        self.last_forecast[slot] = np.nan
-        return slot
-
-    def _release(self, slot: int, *, tombstone: bool) -> str:
-        symbol = self.symbol_at[slot]
-        assert symbol is not None
-        if tombstone:  # forget its checkpoint too, or a restore would revive stale state
-            self.tombstones.setdefault(int(self.partition[slot]), set()).add(symbol)
-        del self.slot_of[symbol]
-        self.symbol_at[slot] = None
-        self.dirty[slot] = False
-        self._free.append(slot)
-        return symbol
-
-    def evict_idle(self) -> list[str]:
-        """Evict symbols idle longer than `idle_evict_s` (their state is zeroed)."""
-        now = self.clock()
-        self._last_sweep = now
-        idle = [s for s in self.slot_of.values() if now - self.last_seen[s] > self.idle_evict_s]
-        out = [self._release(s, tombstone=True) for s in idle]
-        if idle:
-            self.runtime.reset(idle)
-        return out
-
-    def drop_partitions(self, partitions: Iterable[int]) -> list[str]:
-        """Forget every symbol of these partitions (they moved to another instance)."""
-        ps = set(partitions)
-        slots = [s for s in self.slot_of.values() if int(self.partition[s]) in ps]
-        out = [self._release(s, tombstone=False) for s in slots]
-        for p in ps:
-            self.tombstones.pop(p, None)
-        if slots:
-            self.runtime.reset(slots)
-        return out
 
     # ------------------------------------------------------------------- the step
     def apply(
@@ -292,7 +183,7 @@ class Engine:
 
         m = len(keep)
         if m == 0:
-            return Applied(self._empty(), rejected, evicted)
+            return Applied(Forecasts.empty(self.version), rejected, evicted)
         kept = np.asarray(keep, np.int64)
         srcs = np.asarray(ticks.index, np.int64)[kept]
         ts = np.asarray(ticks.ts, np.int64)[kept]
@@ -315,7 +206,7 @@ class Engine:
         uniq, u = np.unique(sl, return_inverse=True)
         counts = np.bincount(u).astype(np.int64)
         t_max = int(counts.max())
-        r, w = self.history, self.window
+        r, w = self.buffer_len, self.window
         ext_p = np.concatenate([self.prices[uniq], np.zeros((len(uniq), t_max))], axis=1)
         ext_t = np.concatenate([self.times[uniq], np.zeros((len(uniq), t_max), np.int64)], axis=1)
         ext_v = np.concatenate([self.volumes[uniq], np.full((len(uniq), t_max), np.nan)], axis=1)
@@ -354,7 +245,7 @@ class Engine:
         se_m = float(np.sum((price[ok] - prev_fc[ok]) ** 2))
         se_p = float(np.sum((price[ok] - prev_p[ok]) ** 2))
 
-        # 5. Book-keeping: buffers keep the last `history` ticks, counters advance.
+        # 5. Book-keeping: buffers keep the last `buffer_len` ticks, counters advance.
         keep_cols = counts[:, None] + np.arange(r)[None, :]
         self.prices[uniq] = np.take_along_axis(ext_p, keep_cols, axis=1)
         self.times[uniq] = np.take_along_axis(ext_t, keep_cols, axis=1)
@@ -422,19 +313,7 @@ class Engine:
             first.step_s + rest.step_s,
         )
 
-    def _empty(self) -> Forecasts:
-        z = np.zeros(0)
-        zi = np.zeros(0, np.int64)
-        return Forecasts(
-            [], zi, zi, zi.astype(np.int32), zi, zi, z, z, z, z, np.zeros(0, bool), self.version
-        )
-
     # ----------------------------------------------------------------- checkpoints
-    def dirty_symbols(self, partition: int) -> list[str]:
-        """The symbols of `partition` with ticks applied since their last state record."""
-        return [sym for sym, s in self.slot_of.items()
-                if self.dirty[s] and self.partition[s] == partition]  # fmt: skip
-
     def checkpoint_symbols(
         self, symbols: Iterable[str]
     ) -> dict[int, list[tuple[bytes, bytes | None]]]:
@@ -456,37 +335,18 @@ class Engine:
             out[p] += self.tombstones_of(p)
         return out
 
-    def tombstones_of(self, partition: int) -> list[tuple[bytes, bytes | None]]:
-        """Delete records for the symbols evicted from `partition` (and not back since)."""
-        return [(sym.encode(), None) for sym in self.tombstones.pop(partition, set())
-                if sym not in self.slot_of]  # fmt: skip
-
     def _records(self, slots: list[int], out: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
         if slots:
             sl = np.asarray(slots, np.int64)
-            hc = self.runtime.states_of(sl)
-            # Every record's arrays as one [n, bytes] block: one copy, not four per symbol.
-            body = np.concatenate(
-                [self.prices[sl].view(np.uint8), self.times[sl].view(np.uint8),
-                 self.volumes[sl].view(np.uint8),
-                 np.ascontiguousarray(hc, np.float32).reshape(len(sl), -1).view(np.uint8)],
-                axis=1,
+            symbols = [self.symbol_at[s] or "" for s in slots]
+            meta = np.stack([self.partition[sl], self.offset[sl], self.count[sl], self.seq[sl],
+                             self.last_ts[sl]], axis=1).astype(np.int64)  # fmt: skip
+            values = encode_states(
+                symbols, self.version, meta, self.prices[sl], self.times[sl],
+                self.volumes[sl], self.runtime.states_of(sl),
             )  # fmt: skip
-            meta = zip(self.partition[sl].tolist(), self.offset[sl].tolist(),
-                       self.count[sl].tolist(), self.seq[sl].tolist(),
-                       self.last_ts[sl].tolist(), strict=True)  # fmt: skip
-            shape = list(hc.shape[1:])
-            for j, (s, (part, off, cnt, seq, last)) in enumerate(zip(slots, meta, strict=True)):
-                sym = self.symbol_at[s]
-                assert sym is not None
-                header = orjson.dumps({
-                    "format": STATE_FORMAT, "symbol": sym, "model": self.version,
-                    "partition": part, "offset": off, "count": cnt, "seq": seq,
-                    "last_ts": last, "history": self.history, "hc": shape,
-                })  # fmt: skip
-                out.setdefault(part, []).append(
-                    (sym.encode(), _HEADER.pack(len(header)) + header + body[j].tobytes())
-                )
+            for sym, part, value in zip(symbols, meta[:, 0].tolist(), values, strict=True):
+                out.setdefault(part, []).append((sym.encode(), value))
             self.dirty[sl] = False
 
     def restore(self, values: Iterable[bytes]) -> tuple[int, int]:
@@ -494,42 +354,32 @@ class Engine:
         re-warmed from its buffer; an unreadable one is skipped with a warning (the symbol
         starts afresh). Beyond `max_symbols` the least recently seen are evicted as usual.
         Returns (restored, re-warmed)."""
-        loaded: dict[int, tuple[str, np.ndarray | None]] = {}  # slot -> (symbol, hc or None)
+        by_slot: dict[int, tuple[str, np.ndarray | None]] = {}  # slot -> (symbol, hc or None)
         evicted: list[str] = []
         expect = (2, self.config.layers, self.config.units)
-        r = self.history
         for value in values:
             try:
-                (n,) = _HEADER.unpack_from(value)
-                h = orjson.loads(value[4 : 4 + n])
-                sym = h["symbol"]
-                if h.get("format") != STATE_FORMAT or h["history"] != r:
-                    raise ValueError(f"format {h.get('format')}, history {h.get('history')}")
-                body = memoryview(value)[4 + n :]
-                if len(body) != 24 * r + 4 * int(np.prod(h["hc"])):
-                    raise ValueError(f"{len(body)} bytes of arrays")
-                prices = np.frombuffer(body[: 8 * r], np.float64)
-                times = np.frombuffer(body[8 * r : 16 * r], np.int64)
-                volumes = np.frombuffer(body[16 * r : 24 * r], np.float64)
-                hc = np.frombuffer(body[24 * r :], np.float32)
-                meta = (int(h["partition"]), int(h["offset"]), int(h["count"]), int(h["seq"]))
-                last_ts = int(h["last_ts"])
-            except (ValueError, KeyError, TypeError, struct.error) as e:
+                rec = decode_state(value, self.buffer_len)
+            except ValueError as e:
                 log.warning("unreadable state record skipped (%s); that symbol starts afresh", e)
                 continue
+            sym = rec.symbol
             slot = self.slot_of.get(sym)
             if slot is None:
                 slot = self._allocate(sym, evicted)
-            self.prices[slot], self.times[slot], self.volumes[slot] = prices, times, volumes
-            self.partition[slot], self.offset[slot], self.count[slot], self.seq[slot] = meta
-            self.last_ts[slot] = last_ts
+            self.prices[slot], self.times[slot], self.volumes[slot] = (
+                rec.prices, rec.times, rec.volumes
+            )  # fmt: skip
+            self.partition[slot], self.offset[slot] = rec.partition, rec.offset
+            self.count[slot], self.seq[slot] = rec.count, rec.seq
+            self.last_ts[slot] = rec.last_ts
             self.gen[slot] += 1
             self.last_seen[slot] = self.clock()
             self.dirty[slot] = False
-            same = h["model"] == self.version and tuple(h["hc"]) == expect
-            loaded[slot] = (sym, hc.reshape(expect) if same else None)
+            same = rec.model == self.version and rec.hc.shape == expect
+            by_slot[slot] = (sym, rec.hc if same else None)
         # A slot taken over by a later record (beyond max_symbols) keeps only that one.
-        live = {s: v for s, v in loaded.items() if self.symbol_at[s] == v[0]}
+        live = {s: v for s, v in by_slot.items() if self.symbol_at[s] == v[0]}
         restored = [(s, hc) for s, (_, hc) in live.items() if hc is not None]
         rewarm = [s for s, (_, hc) in live.items() if hc is None]
         if evicted:
@@ -553,22 +403,8 @@ class Engine:
         self.runtime.warm(sl, x)
 
     # ----------------------------------------------------------------- model swap
-    def snapshot(self) -> Snapshot:
-        """Copies of every held symbol's buffers and tick count (the input of a swap's
-        background rounds, taken between micro-batches)."""
-        slots = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
-        return Snapshot(
-            slots, [self.symbol_at[s] or "" for s in slots.tolist()], self.seq[slots].copy(),
-            self.prices[slots], self.times[slots], self.volumes[slots], self.gen[slots].copy(),
-        )  # fmt: skip
-
-    def _live(self) -> Snapshot:
-        """The held symbols' buffers as they are now (no copies: for the final round)."""
-        slots = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
-        return Snapshot(
-            slots, [self.symbol_at[s] or "" for s in slots.tolist()], self.seq[slots],
-            self.prices[slots], self.times[slots], self.volumes[slots], self.gen[slots],
-        )  # fmt: skip
+    def _reset_states(self, slots: list[int]) -> None:
+        self.runtime.reset(slots)
 
     def prepare_swap(self, loaded: LoadedModel, snap: Snapshot) -> PendingSwap:
         """Round 1 of a swap, safe to run in a worker thread while the engine serves: a new
@@ -598,123 +434,3 @@ class Engine:
         self.dirty[np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))] = True
         self.last_forecast[:] = np.nan  # the next error is the new model's own
         return old, n
-
-
-@dataclass
-class Snapshot:
-    """Held symbols at one moment: slots `[n]`, their symbols, tick counts `seq` `[n]` and
-    buffers `[n, history]` (prices, epoch-ms times, volumes)."""
-
-    slots: np.ndarray
-    symbols: list[str]
-    seq: np.ndarray
-    prices: np.ndarray
-    times: np.ndarray
-    volumes: np.ndarray
-    gen: np.ndarray  # [n] the slot's generation: another value means its state restarted
-
-
-@dataclass
-class PendingSwap:
-    """A model being brought up to date beside the serving one.
-
-    `done` maps slot -> (symbol, seq) the new runtime's state reflects. Each `catch_up`
-    advances it to a newer snapshot: a symbol that ticked k times since is stepped k times
-    through features rebuilt from its buffer (k <= history - window + 1), anything else
-    (new, replaced, restored out of order, or too far behind) is warmed from its buffer's
-    last `window` ticks, as a restore re-warms."""
-
-    loaded: LoadedModel
-    runtime: Any  # model.runtime.Runtime
-    done: dict[int, tuple[str, int, int]]  # slot -> (symbol, generation, seq)
-
-    def catch_up(self, snap: Snapshot) -> int:
-        """Advance the new state to `snap`; returns how many symbols it touched."""
-        cfg, stats = self.loaded.config, self.loaded.stats
-        w, r = cfg.window, snap.prices.shape[1]
-        limit = r - w + 1
-        step_rows, step_k, warm_rows = [], [], []
-        gens = snap.gen.tolist()
-        for j, (slot, sym, seq) in enumerate(zip(snap.slots.tolist(), snap.symbols,
-                                                 snap.seq.tolist(), strict=True)):  # fmt: skip
-            before = self.done.get(slot)
-            same = before is not None and before[:2] == (sym, gens[j])
-            k = seq - before[2] if same and before is not None else -1
-            if k == 0:
-                continue
-            if 1 <= k <= limit:
-                step_rows.append(j)
-                step_k.append(k)
-            else:
-                warm_rows.append(j)
-        if warm_rows:
-            wj = np.asarray(warm_rows, np.int64)
-            x = buffer_features(cfg, stats, snap.prices[wj], snap.times[wj], snap.volumes[wj], w)
-            self.runtime.warm(snap.slots[wj], x)
-        if step_rows:
-            sj = np.asarray(step_rows, np.int64)
-            ks = np.asarray(step_k, np.int64)
-            k_max = int(ks.max())
-            x = buffer_features(cfg, stats, snap.prices[sj], snap.times[sj], snap.volumes[sj],
-                                k_max)  # fmt: skip
-            # Slot b's last k_b rows, moved to steps 0..k_b-1: [k_max, batch, features].
-            t = np.arange(k_max)
-            src = np.minimum(k_max - ks[None, :] + t[:, None], k_max - 1)
-            xs = x[np.arange(len(sj))[None, :], src].astype(np.float32)
-            # At most CATCH_UP_STEPS per dispatch: the scan lengths serving compiled already.
-            for c in range(0, k_max, CATCH_UP_STEPS):
-                live = ks > c
-                n = np.minimum(ks[live] - c, CATCH_UP_STEPS)
-                chunk = xs[c : c + int(n.max()), live]
-                self.runtime.advance(snap.slots[sj][live], chunk, n)
-        for slot, sym, g, seq in zip(snap.slots.tolist(), snap.symbols, gens,
-                                     snap.seq.tolist(), strict=True):  # fmt: skip
-            self.done[slot] = (sym, int(g), seq)
-        return len(step_rows) + len(warm_rows)
-
-
-def buffer_features(
-    config: Any,
-    stats: Any,
-    prices: np.ndarray,
-    times: np.ndarray,
-    volumes: np.ndarray,
-    k: int,
-) -> np.ndarray:
-    """Features of the last `k` ticks of each buffer, rebuilt from the buffer alone.
-
-    Args:
-      prices, times, volumes: per-symbol buffers `[n, history]`, oldest first (prices > 0,
-        times epoch ms, volumes NaN where unknown).
-      k: rows wanted, 1 <= k <= history - window + 1 (each row needs `window` prices).
-
-    Returns:
-      `[n, k, features]` float32, oldest row first, exactly as `Engine.apply` computed them
-      (given the same statistics).
-    """
-    n, r = prices.shape
-    w = config.window
-    if not 1 <= k <= r - w + 1:
-        raise ValueError(f"k={k} rows need a history of at least {k + w - 1}, have {r}")
-    rows = np.arange(r - k, r)
-    idx = rows[:, None] + np.arange(-w + 1, 1)[None, :]  # [k, w] price columns per row
-    windows = prices[:, idx]  # [n, k, w]
-    ts = times[:, rows]
-    v_now, v_prev = volumes[:, rows], volumes[:, rows - 1]
-    unknown = np.isnan(v_now) | np.isnan(v_prev)
-    v_now, v_prev = np.where(unknown, 0.0, v_now), np.where(unknown, 0.0, v_prev)
-    x = history_features(
-        config, stats, ts.reshape(-1), windows.reshape(-1, w), v_now.reshape(-1),
-        v_prev.reshape(-1),
-    )  # fmt: skip
-    return x.reshape(n, k, -1)
-
-
-def encode_marker(next_offset: int, version: str) -> bytes:
-    """The per-partition marker: every symbol record of this partition in the state topic
-    reflects exactly the ticks before `next_offset`."""
-    return orjson.dumps({"format": STATE_FORMAT, "next_offset": next_offset, "model": version})
-
-
-def decode_marker(value: bytes) -> int:
-    return int(orjson.loads(value)["next_offset"])

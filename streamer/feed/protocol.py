@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 import orjson
 
+from streamer.core.forecasts import POINT_FIELDS
 from streamer.core.ticks import MAX_SYMBOL
-from streamer.feed.hub import POINT_FIELDS, Hub
+from streamer.feed.hub import Hub
 from streamer.metrics import Metrics
 from streamer.settings import Settings
 

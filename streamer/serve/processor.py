@@ -36,9 +36,11 @@ from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.structs import TopicPartition
 
 from model.checkpoint import LoadedModel
-from streamer.core.engine import MARKER_KEY, Engine, decode_marker, encode_marker
+from streamer.core.engine import Engine
+from streamer.core.forecasts import payloads, points_of
+from streamer.core.state_records import MARKER_KEY, decode_marker, encode_marker
 from streamer.core.ticks import decode
-from streamer.feed.hub import Hub, payloads, points_of
+from streamer.feed.hub import Hub
 from streamer.metrics import Metrics, close_http, serve_http
 from streamer.settings import Settings
 

@@ -15,7 +15,8 @@ from model.data import Series
 from model.evaluate import stateful_outputs
 from model.features import to_price
 from model.train import prepare
-from streamer.core.engine import Engine, Forecasts
+from streamer.core.engine import Engine
+from streamer.core.forecasts import Forecasts
 from streamer.core.ticks import Decoded, decode, encode
 from streamer.jobs.replay import interleave
 

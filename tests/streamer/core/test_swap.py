@@ -16,7 +16,9 @@ from model import checkpoint, data
 from model.checkpoint import LoadedModel
 from model.config import ModelConfig
 from model.lstm import LSTMForecaster, load_params_into
-from streamer.core.engine import Engine, Forecasts, buffer_features
+from streamer.core.engine import Engine
+from streamer.core.forecasts import Forecasts
+from streamer.core.swap import buffer_features
 from streamer.jobs.replay import interleave
 from tests.streamer.core.test_engine import head, per_symbol, run
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import orjson
 
-from streamer.core.engine import Forecasts
-from streamer.feed.hub import Hub, payloads
+from streamer.core.forecasts import Forecasts, payloads
+from streamer.feed.hub import Hub
 
 
 def forecasts() -> Forecasts:
