@@ -146,7 +146,7 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=r,
         )
-        # Model versions and hot swaps (streamer/serve/processor.py ModelFollower).
+        # Model versions and hot swaps (streamer/serve/follower.py).
         self.model_swaps = Counter("tickcast_model_swaps", "Hot swaps to a new model version",
                              registry=r)  # fmt: skip
         self.model_swap_seconds = Histogram(

@@ -179,8 +179,9 @@ def _run(args: argparse.Namespace) -> int:
     """The whole product on its embedded default: a local Kafka broker, a looped replay of a
     bundled real series, `serve` with the bundled model, the websocket feed and dashboard.
     Ctrl-C stops everything."""
-    from streamer.jobs.run_local import embedded
-    from streamer.serve.processor import run_loop
+    from model.runtime import configure_jax
+    from streamer.jobs.run_local import LocalRun
+    from streamer.lifecycle import run_service
     from streamer.settings import from_args
 
     settings = from_args(args)
@@ -188,9 +189,9 @@ def _run(args: argparse.Namespace) -> int:
     if args.rate <= 0:
         raise ValueError("--rate must be > 0")
     loaded = _load_model(settings.model)
-    return run_loop(
-        settings, embedded(settings, loaded, data=args.data, rate=args.rate, passes=args.passes)
-    )
+    configure_jax(compile_cache=True)
+    run = LocalRun(settings, loaded, data=args.data, rate=args.rate, passes=args.passes)
+    return run_service(run, use_uvloop=settings.uvloop)
 
 
 def _watch(args: argparse.Namespace) -> int:
@@ -276,7 +277,7 @@ def _logging(level: str) -> None:
 
 def _serve(args: argparse.Namespace) -> int:
     """Consume ticks, publish one forecast per tick (exactly-once by default)."""
-    from streamer.serve.processor import serve
+    from streamer.serve.service import serve
     from streamer.settings import from_args
 
     settings = from_args(args)
@@ -291,7 +292,7 @@ def _replay(args: argparse.Namespace) -> int:
 
     from model import data
     from streamer.jobs import replay
-    from streamer.serve.processor import ensure_topics
+    from streamer.kafka.topics import ensure_topics
     from streamer.settings import from_args
 
     settings = from_args(args)

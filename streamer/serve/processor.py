@@ -1,4 +1,5 @@
-"""`tickcast serve`: the async shell around the engine (Kafka in, Kafka and hub out).
+"""The Kafka stream processor of `tickcast serve`: the async shell around the engine (Kafka
+in, Kafka and hub out).
 
 One micro-batch at a time: `getmany` → decode → `Engine.apply` → publish forecasts,
 dead letters, (periodically) state checkpoints, and the consumed offsets — in ONE Kafka
@@ -10,127 +11,40 @@ marker record says which tick offset that state covers; the consumer seeks there
 re-applies the ticks between the marker and the group's committed offset without
 publishing (their forecasts are already out), then carries on. So a restarted or moved
 symbol continues exactly where an uninterrupted run would be. Any Kafka failure tears the
-session down and starts a new one through the same path.
+session down and starts a new one through the same path. Recovery is
+`streamer.serve.recovery`, checkpoint planning `streamer.core.checkpoints`; the process
+around it (feed, metrics endpoint, model follower, signals) is `streamer.serve.service`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import cProfile
-import gc
 import logging
-import os
-import signal
 import time
 from collections import Counter
-from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.producer import sender as aiokafka_sender
 from aiokafka.structs import TopicPartition
 
 from model.checkpoint import LoadedModel
+from model.config import ModelConfig
+from streamer.core.checkpoints import Checkpointer, PartitionProgress
 from streamer.core.engine import Engine
 from streamer.core.forecasts import payloads, points_of
-from streamer.core.state_records import MARKER_KEY, decode_marker, encode_marker
 from streamer.core.ticks import decode
 from streamer.feed.hub import Hub
-from streamer.metrics import Metrics, close_http, serve_http
+from streamer.kafka.reconnect import reconnecting
+from streamer.kafka.topics import ensure_topics
+from streamer.metrics import Metrics
+from streamer.serve.publish import MAX_RECORD_BYTES, BatchCommit, Publisher, make_producer
+from streamer.serve.recovery import restore_partition
 from streamer.settings import Settings
 
-if TYPE_CHECKING:
-    from streamer.feed.server import FeedServer
-
 log = logging.getLogger(__name__)
-
-# A transaction begun right after the previous commit is refused (CONCURRENT_TRANSACTIONS)
-# until the broker has written the commit markers, typically within a couple of ms; the
-# client retries after a fixed 20 ms (KAFKA-5477; aiokafka copies Java's value). With one
-# transaction per micro-batch that 20 ms lands on every batch's latency, so retry sooner.
-# Measured on the 2-core dev VM, back-to-back transactions: 29 ms -> 9 ms each.
-aiokafka_sender.BACKOFF_OVERRIDE = 0.002
-
-
-class _QuietTransactionRetries(logging.Filter):
-    """Kafka ≥ 3.6 answers a produce to a partition whose transaction is still being
-    verified (the KIP-890 form of CONCURRENT_TRANSACTIONS) with NOT_ENOUGH_REPLICAS for
-    clients of aiokafka's protocol version, so that they retry; aiokafka logs each retry as
-    a warning. On a single healthy broker that is routine: log it at DEBUG."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno == logging.WARNING and "NotEnoughReplicasError" in record.getMessage():
-            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
-            return logging.getLogger(record.name).isEnabledFor(logging.DEBUG)
-        return True
-
-
-logging.getLogger("aiokafka.producer.sender").addFilter(_QuietTransactionRetries())
-
-MAX_RECORD_BYTES = 1 << 20
-
-
-async def ensure_topics(settings: Settings) -> None:
-    """Create the four topics if absent (state: compacted, same partitions as ticks)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap)
-    replication = settings.replication_factor
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        p = settings.num_partitions
-        compact = {
-            "cleanup.policy": "compact",
-            "segment.ms": "60000",
-            "min.cleanable.dirty.ratio": "0.1",
-            "delete.retention.ms": "3600000",
-        }
-        wanted = [
-            NewTopic(settings.ticks_topic, p, replication),
-            NewTopic(settings.forecasts_topic, p, replication),
-            NewTopic(settings.dlq_topic, p, replication),
-            NewTopic(settings.state_topic, p, replication, topic_configs=compact),
-        ]
-        new = [t for t in wanted if t.name not in existing]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):
-                await admin.create_topics(new)
-    finally:
-        await admin.close()
-
-
-@dataclass
-class PartitionProgress:
-    """Where a ticks partition stands in this session."""
-
-    next_offset: int  # first tick offset not applied yet
-    publish_from: int  # ticks before this already have their forecasts published
-    checkpointed: int = -1  # next_offset at the last marker written
-    checkpoint_time: float = 0.0  # time.monotonic() of that marker
-    round: list[str] | None = None  # symbols still to write in a checkpoint round
-    round_start: int = -1  # next_offset when that round began: its marker
-    reseeked: bool = False  # a seek back to next_offset is pending
-
-
-@dataclass
-class BatchCommit:
-    """What one batch sends: forecasts, dead letters, state records, offsets to commit."""
-
-    offsets: dict[int, int]  # ticks partition -> next offset
-    symbols: list[str] = field(default_factory=list)
-    values: list[bytes] = field(default_factory=list)  # forecast payloads
-    parts: list[int] = field(default_factory=list)  # their forecasts partition
-    stamps: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))
-    points: np.ndarray | None = None  # [n, 5] history points for the hub
-    dead: list[tuple[bytes | None, bytes, int, list[tuple[str, bytes]]]] = field(
-        default_factory=list
-    )
-    state: dict[int, list[tuple[bytes, bytes | None]]] = field(default_factory=dict)
-    compute_s: float = 0.0
 
 
 @dataclass
@@ -164,12 +78,13 @@ class StreamProcessor:
         self.counters = Counters()
         self.lock = asyncio.Lock()
         self.parts: dict[int, PartitionProgress] = {}
-        self._last_checkpoint = 0.0
+        self.checkpointer = Checkpointer(
+            self.parts, settings.checkpoint_interval_s, settings.checkpoint_max_records
+        )
         self._consumer: AIOKafkaConsumer | None = None
         self._producer: AIOKafkaProducer | None = None
         self._restorer: AIOKafkaConsumer | None = None
-        self._n_forecast_parts = settings.num_partitions
-        self._n_dlq_parts = settings.num_partitions
+        self._publisher: Publisher | None = None
         self._stopping = False
         self._inflight: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None  # raised in a rebalance callback
@@ -233,22 +148,26 @@ class StreamProcessor:
 
     # ------------------------------------------------------------------ lifecycle
     async def run(self, stop: asyncio.Event | None = None) -> None:
-        """Serve until `stop` is set (or SIGTERM/SIGINT when run from the CLI)."""
+        """Serve until `stop` is set; after a Kafka failure a new session restores from
+        Kafka and carries on."""
         stop = stop or asyncio.Event()
-        backoff = 0.5
-        while not stop.is_set():
-            try:
-                await ensure_topics(self.settings)
-                await self._session(stop)
-                backoff = 0.5
-            except Exception as e:  # the next session restores from Kafka
-                log.warning(
-                    "session failed (%s: %s); reconnecting", type(e).__name__, e,
-                    exc_info=not isinstance(e, (KafkaError, OSError)),
-                )  # fmt: skip
-                with contextlib.suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), backoff)
-                backoff = min(backoff * 2, 5.0)
+
+        async def session() -> None:
+            await ensure_topics(self.settings)
+            await self._session(stop)
+
+        await reconnecting(session, stop, what="session", log=log)
+
+    # ------------------------------------------------------------------ what serves
+    @property
+    def version(self) -> str:
+        """The model version serving now."""
+        return self.engine.version
+
+    @property
+    def config(self) -> ModelConfig:
+        """The serving model's config (a swap must keep it)."""
+        return self.engine.config
 
     async def _session(self, stop: asyncio.Event) -> None:
         s = self.settings
@@ -256,19 +175,7 @@ class StreamProcessor:
         self._failure = None
         self.engine.drop_partitions(range(1 << 16))
         self.parts.clear()
-        producer = AIOKafkaProducer(
-            bootstrap_servers=s.kafka_bootstrap,
-            acks="all",
-            enable_idempotence=True,
-            transactional_id=f"tickcast-{s.group_id}-{s.client_id}" if s.exactly_once else None,
-            transaction_timeout_ms=15000,
-            # CONCURRENT_TRANSACTIONS on a partition already in the transaction backs off by
-            # this (see BACKOFF_OVERRIDE above): 100 ms by default, far above a batch's budget.
-            retry_backoff_ms=10,
-            max_batch_size=MAX_RECORD_BYTES,
-            max_request_size=4 * MAX_RECORD_BYTES,
-            linger_ms=0,
-        )
+        producer = make_producer(s)
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.group_id,
@@ -289,6 +196,7 @@ class StreamProcessor:
             fetch_max_bytes=32 * MAX_RECORD_BYTES,
         )
         self._producer, self._consumer, self._restorer = producer, consumer, restorer
+        self._publisher = Publisher(s, producer, consumer, self.metrics)
         started: list[Any] = []
         try:
             for client in (producer, restorer, consumer):
@@ -296,8 +204,7 @@ class StreamProcessor:
                     consumer.subscribe([s.ticks_topic], listener=_Listener(self))
                 await client.start()
                 started.append(client)
-            self._n_forecast_parts = len(await producer.partitions_for(s.forecasts_topic)) or 1
-            self._n_dlq_parts = len(await producer.partitions_for(s.dlq_topic)) or 1
+            await self._publisher.fetch_partitions()
             log.info(
                 "session %d: consuming %s as %s", self.counters.sessions, s.ticks_topic, s.client_id
             )
@@ -312,7 +219,7 @@ class StreamProcessor:
                             # One batch in flight: compute the next while this one commits.
                             await self._drain()
                             self._inflight = asyncio.create_task(self._send(out))
-                    elif self._checkpoint_due():
+                    elif self.checkpointer.due(time.monotonic()):
                         await self._drain()
                         await self._send(self._outgoing())
             async with self.lock:  # graceful stop: everything applied is checkpointed
@@ -347,7 +254,11 @@ class StreamProcessor:
                 )
                 self.counters.assigned.append(mine)
                 for p in mine:
-                    await self._restore(p)
+                    assert self._restorer is not None and self._consumer is not None
+                    self.parts[p] = await restore_partition(
+                        p, settings=self.settings, engine=self.engine, restorer=self._restorer,
+                        consumer=self._consumer, metrics=self.metrics,
+                    )  # fmt: skip
                 self.metrics.active_symbols.set(len(self.engine))
                 self.ready = True
             except Exception as e:
@@ -370,68 +281,12 @@ class StreamProcessor:
                     self.parts.pop(p, None)
                 self.metrics.active_symbols.set(len(self.engine))
 
-    async def _restore(self, p: int) -> None:
-        """Load partition p's symbols from the state topic and seek to its marker."""
-        assert self._restorer is not None and self._consumer is not None
-        s = self.settings
-        stp, ttp = TopicPartition(s.state_topic, p), TopicPartition(s.ticks_topic, p)
-        self._restorer.assign([stp])
-        await self._restorer.seek_to_beginning(stp)
-        end = (await self._restorer.end_offsets([stp]))[stp]
-        latest: dict[bytes, bytes | None] = {}
-        idle_since = time.monotonic()
-        while await self._restorer.position(stp) < end:
-            got = await self._restorer.getmany(stp, timeout_ms=200)
-            for rec in got.get(stp, []):
-                latest[rec.key] = rec.value
-                idle_since = time.monotonic()
-            if not got and time.monotonic() - idle_since > 10.0:
-                raise KafkaError(f"state partition {p}: no progress towards offset {end}")
-        self._restorer.unsubscribe()  # no background fetching of the state topic
-        marker = latest.pop(MARKER_KEY, None)
-        committed = await self._consumer.committed(ttp)
-        values = [v for v in latest.values() if v is not None]
-        if marker is not None:
-            start = decode_marker(marker)
-            restored, rewarmed = self.engine.restore(values)
-            self.metrics.state_restored.inc(restored + rewarmed)
-            self._consumer.seek(ttp, start)
-        else:
-            start = committed if committed is not None else 0
-            restored = rewarmed = 0
-            if committed:
-                log.warning(
-                    "partition %d: committed offset %d but no state; starting cold", p, start
-                )
-            if committed is not None:
-                self._consumer.seek(ttp, start)
-        publish_from = max(start, committed or 0)
-        self.parts[p] = PartitionProgress(next_offset=start, publish_from=publish_from)
-        log.info(
-            "partition %d: %d symbols restored (%d re-warmed), replay %d..%d, publish from %d",
-            p,
-            restored + rewarmed,
-            rewarmed,
-            start,
-            publish_from,
-            publish_from,
-        )
-
     # ------------------------------------------------------------------ the batch
     async def _drain(self) -> None:
         """Wait for the batch in flight (its failure fails the session)."""
         task, self._inflight = self._inflight, None
         if task is not None:
             await task
-
-    def _checkpoint_due(self) -> bool:
-        """While idle: is some partition's state behind its position and due?"""
-        now = time.monotonic()
-        return any(st.round is not None for st in self.parts.values()) or any(
-            st.checkpointed != st.next_offset
-            and now - st.checkpoint_time >= self.settings.checkpoint_interval_s
-            for st in self.parts.values()
-        )
 
     def _compute(self, batch: dict[TopicPartition, list[Any]]) -> BatchCommit | None:
         """Everything synchronous about a batch: decode, step, encode, checkpoint records.
@@ -487,7 +342,7 @@ class StreamProcessor:
         out = self._outgoing(advanced=advanced)
         out.symbols = [f.symbols[i] for i in rows.tolist()]
         out.values = payloads(f, rows, stamp, {"instance": s.client_id})
-        out.parts = (f.partition[rows] % self._n_forecast_parts).tolist()
+        out.parts = f.partition[rows].tolist()  # the publisher maps them to forecasts partitions
         out.stamps = stamp[f.index[rows]] if len(rows) else stamp[:0]
         out.points = points_of(f, rows)
         for r in rejected:
@@ -533,116 +388,18 @@ class StreamProcessor:
         force_checkpoint: bool = False,
         only: list[int] | None = None,
     ) -> BatchCommit:
-        """The commit of a batch: offsets to commit and, when due, state checkpoints
-        (taken now, so they match exactly the ticks applied so far)."""
-        advanced = advanced or {}
-        scope = only if only is not None else list(self.parts)
-        now = time.monotonic()
-        chunk = max(1, self.settings.checkpoint_max_records)
-        full: list[int] = []  # partitions checkpointed whole in this batch
-        if force_checkpoint:
-            full = scope
-        else:
-            # Never-checkpointed partitions at once; otherwise the one checkpointed longest
-            # ago, if it is due: one partition at a time keeps each burst small.
-            full = [p for p in scope if self.parts[p].checkpointed < 0]
-            behind = [p for p in scope if self.parts[p].round is None
-                      and (self.parts[p].checkpointed != self.parts[p].next_offset
-                           or p in self.engine.tombstones)]  # fmt: skip
-            oldest = min(behind, key=lambda p: self.parts[p].checkpoint_time, default=None)
-            if (
-                oldest is not None
-                and now - self.parts[oldest].checkpoint_time >= self.settings.checkpoint_interval_s
-                and oldest not in full
-            ):
-                dirty = self.engine.dirty_symbols(oldest)
-                if len(dirty) <= chunk:
-                    full.append(oldest)
-                else:  # a round: `chunk` records a batch, the marker with the last chunk
-                    st = self.parts[oldest]
-                    st.round = dirty
-                    st.round_start = advanced.get(oldest, st.next_offset)
-        # While re-applying ticks after a restore the position is below the committed
-        # offset; committing it would move the group back and republish those forecasts.
-        out = BatchCommit(
-            offsets={p: max(o, self.parts[p].publish_from) for p, o in advanced.items()}
+        """The commit of a batch: offsets and, when due, state checkpoints (planned by
+        `core.checkpoints`, taken now so they match exactly the ticks applied so far)."""
+        offsets, records = self.checkpointer.plan(
+            self.engine, time.monotonic(), advanced=advanced, force=force_checkpoint, only=only
         )
-        records: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        if full:
-            records = self.engine.checkpoint(full)
-            for p in full:
-                nxt = advanced.get(p, self.parts[p].next_offset)
-                records[p].append((MARKER_KEY, encode_marker(nxt, self.engine.version)))
-                self._marked(p, nxt, now)
-        for p in scope:
-            st = self.parts[p]
-            if st.round is None or p in full:
-                continue
-            # Each record holds its symbol's state as of now, past the round's start; the
-            # marker (the round's start) goes out once every symbol dirty then is written,
-            # so a restore from it replays what each record lacks (`skip_applied` drops
-            # the ticks a record already holds).
-            part, st.round = st.round[:chunk], st.round[chunk:]
-            got = self.engine.checkpoint_symbols(part).get(p, [])
-            if not st.round:
-                got += self.engine.tombstones_of(p)
-                got.append((MARKER_KEY, encode_marker(st.round_start, self.engine.version)))
-                self._marked(p, st.round_start, now)
-            records.setdefault(p, []).extend(got)
-        if records:
-            out.state = records
-            self._last_checkpoint = now
-        return out
-
-    def _marked(self, p: int, nxt: int, now: float) -> None:
-        st = self.parts[p]
-        st.checkpointed, st.checkpoint_time = nxt, now
-        st.round, st.round_start = None, -1
+        return BatchCommit(offsets=offsets, state=records)
 
     async def _send(self, out: BatchCommit) -> None:
-        """Publish forecasts, dead letters, checkpoints and offsets: atomically in one Kafka
-        transaction (exactly-once), or send, wait, then commit (at-least-once)."""
-        s = self.settings
-        producer, consumer = self._producer, self._consumer
-        assert producer is not None and consumer is not None
-        offsets = {TopicPartition(s.ticks_topic, p): o for p, o in out.offsets.items()}
-
-        async def send_output() -> list[asyncio.Future[Any]]:
-            futs: list[asyncio.Future[Any]] = []
-            by_part: dict[int, list[tuple[bytes, bytes | None]]] = {}
-            for sym, value, p in zip(out.symbols, out.values, out.parts, strict=True):
-                by_part.setdefault(p, []).append((sym.encode(), value))
-            for p, recs in by_part.items():
-                futs += await self._send_records(s.forecasts_topic, p, recs)
-            for key, value, p, headers in out.dead:
-                futs.append(
-                    await producer.send(
-                        s.dlq_topic, value=value, key=key, partition=p % self._n_dlq_parts,
-                        headers=headers,
-                    )
-                )  # fmt: skip
-            return futs
-
-        async def send_state() -> list[asyncio.Future[Any]]:
-            futs: list[asyncio.Future[Any]] = []
-            n_state = 0
-            for p, recs in out.state.items():
-                futs += await self._send_records(s.state_topic, p, recs)
-                n_state += sum(k != MARKER_KEY for k, _ in recs)
-            self.metrics.state_records.inc(n_state)
-            return futs
-
-        if s.exactly_once:
-            async with producer.transaction():
-                await send_output()
-                await send_state()
-                if offsets:
-                    await producer.send_offsets_to_transaction(offsets, s.group_id)
-        else:  # in order: a marker never moves past forecasts that are not acknowledged
-            await asyncio.gather(*(await send_output()))
-            await asyncio.gather(*(await send_state()))
-            if offsets:
-                await consumer.commit(offsets)
+        """Commit one batch (`Publisher.commit`), then hand its forecasts to the hub: the
+        feed never shows a forecast Kafka does not have."""
+        assert self._publisher is not None
+        await self._publisher.commit(out)
         if out.values:
             self.hub.publish(out.symbols, out.values, out.points)
             self.metrics.forecasts_published.inc(len(out.values))
@@ -655,23 +412,6 @@ class StreamProcessor:
             del self._latency_ms[:-3000]
             self.metrics.batch_seconds.observe(out.compute_s)
 
-    async def _send_records(
-        self, topic: str, partition: int, recs: list[tuple[bytes, bytes | None]]
-    ) -> list[asyncio.Future[Any]]:
-        """Send records to one partition as few record batches (cheaper than `send` each)."""
-        producer = self._producer
-        assert producer is not None
-        futs: list[asyncio.Future[Any]] = []
-        batch = producer.create_batch()
-        for key, value in recs:
-            if batch.append(key=key, value=value, timestamp=None) is None:
-                futs.append(await producer.send_batch(batch, topic, partition=partition))
-                batch = producer.create_batch()
-                batch.append(key=key, value=value, timestamp=None)
-        if batch.record_count():
-            futs.append(await producer.send_batch(batch, topic, partition=partition))
-        return futs
-
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
     def __init__(self, server: StreamProcessor) -> None:
@@ -682,120 +422,3 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         await self.server.assigned(assigned)
-
-
-def serve(settings: Settings, loaded: LoadedModel) -> int:
-    """Run the server (and its websocket feed) until SIGTERM/SIGINT; returns the exit code."""
-    return run_loop(settings, serving(settings, loaded))
-
-
-async def serving(
-    settings: Settings,
-    loaded: LoadedModel,
-    stop: asyncio.Event | None = None,
-    on_ready: Callable[[FeedServer | None], None] | None = None,
-) -> None:
-    """The server, its feed and metrics endpoint, until `stop` is set or SIGTERM/SIGINT."""
-    from streamer.feed.server import FeedServer
-
-    stop = stop or asyncio.Event()
-    on_signals(stop)
-    metrics = Metrics()
-    http = (
-        serve_http(metrics, settings.metrics_host, settings.metrics_port)
-        if settings.metrics_port
-        else None
-    )
-    server = StreamProcessor(settings, loaded, metrics=metrics)
-    feed: FeedServer | None = None
-    follower: asyncio.Task[None] | None = None
-    try:
-        if settings.precompile:
-            t0 = time.perf_counter()
-            n = server.engine.precompile()
-            log.info("precompiled %d batch shapes in %.1f s", n, time.perf_counter() - t0)
-        if settings.feed_port:
-            feed = FeedServer(
-                settings,
-                server.hub,
-                ready=lambda: server.ready,
-                status=server.status,
-                metrics=metrics,
-            )
-            await feed.start()
-        if settings.models_topic:
-            from streamer.kafka.announcements import ModelFollower
-
-            follower = asyncio.create_task(ModelFollower(settings, server).run(stop))
-        # Everything allocated so far (modules, compiled kernels, buffers) lives as long as
-        # the process: keep it out of the collector's full passes, which otherwise scan it
-        # all and stall the loop for milliseconds at a time under load.
-        gc.collect()
-        gc.freeze()
-        if on_ready is not None:
-            on_ready(feed)
-        profile = os.environ.get("TICKCAST_PROFILE")  # cProfile the serving, not the start
-        profiler = cProfile.Profile() if profile else None
-        if profiler is not None:
-            profiler.enable()
-        try:
-            await server.run(stop)
-        finally:
-            if profiler is not None and profile:
-                profiler.disable()
-                profiler.dump_stats(profile)
-        log.info(
-            "stopped: %d ticks, %d forecasts, %d rejected",
-            server.counters.ticks,
-            server.counters.forecasts,
-            server.counters.rejected,
-        )
-    finally:
-        if follower is not None:
-            stop.set()
-            try:
-                await asyncio.wait_for(follower, 10.0)
-            except (TimeoutError, asyncio.CancelledError):
-                log.warning("model follower did not stop in 10 s")
-        if feed is not None:
-            await feed.close()
-        if http is not None:
-            close_http(http)
-
-
-def on_signals(stop: asyncio.Event) -> None:
-    """SIGTERM/SIGINT set `stop` (a graceful stop); a second one cancels the running task,
-    so its `finally` blocks still run (a broker it started is stopped) without waiting."""
-    loop = asyncio.get_running_loop()
-    task = asyncio.current_task()
-
-    def handler() -> None:
-        if stop.is_set() and task is not None:
-            log.warning("second signal: stopping now")
-            task.cancel()
-        stop.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, handler)
-
-
-def run_loop(settings: Settings, main: Coroutine[Any, Any, None]) -> int:
-    """Run `main` on uvloop when asked for and installed (lower fan-out latency), with the
-    JAX compile cache on; returns 0, or 130 when a second signal cut it short."""
-    from model.runtime import configure_jax
-
-    configure_jax(compile_cache=True)
-    factory = None
-    if settings.uvloop:
-        try:
-            import uvloop
-
-            factory = uvloop.new_event_loop
-        except ImportError:
-            log.info("uvloop is not installed; using asyncio's event loop")
-    with asyncio.Runner(loop_factory=factory) as runner:
-        try:
-            runner.run(main)
-        except asyncio.CancelledError:  # a second Ctrl-C: stopped without the graceful part
-            return 130
-    return 0

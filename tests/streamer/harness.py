@@ -21,7 +21,7 @@ from aiokafka.partitioner import DefaultPartitioner
 from model.checkpoint import LoadedModel
 from streamer.core.engine import Engine
 from streamer.core.ticks import decode, encode
-from streamer.serve.processor import ensure_topics
+from streamer.kafka.topics import ensure_topics
 from streamer.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -80,7 +80,7 @@ def test_kill_9_at_random_points_then_restart(
     rng = random.Random(11)
 
     async def go() -> list[dict[str, Any]]:
-        from streamer.serve.processor import ensure_topics
+        from streamer.kafka.topics import ensure_topics
 
         await ensure_topics(s)
         proc = serve_process(s, log)
@@ -120,7 +120,7 @@ def outage_run(
     the committed forecasts and serve's log."""
 
     async def go() -> list[dict[str, Any]]:
-        from streamer.serve.processor import ensure_topics
+        from streamer.kafka.topics import ensure_topics
 
         await ensure_topics(s)
         proc = serve_process(s, log)
@@ -170,7 +170,7 @@ def test_second_instance_joins_and_leaves(
     log_a, log_b = tmp_path / "a.log", tmp_path / "b.log"
 
     async def go() -> list[dict[str, Any]]:
-        from streamer.serve.processor import ensure_topics
+        from streamer.kafka.topics import ensure_topics
 
         await ensure_topics(s)
         feed = asyncio.create_task(stream(s, 12, n, rate=1000))
@@ -226,7 +226,8 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
     records committed leaves records newer than the marker: the next session replays from
     the marker and must drop the ticks such a record already holds (`skip_applied`), or it
     would apply them twice and every later forecast of that symbol would differ."""
-    from streamer.serve.processor import StreamProcessor, ensure_topics
+    from streamer.kafka.topics import ensure_topics
+    from streamer.serve.processor import StreamProcessor
 
     s = fresh_settings(kafka.bootstrap, checkpoint_max_records=1, checkpoint_interval_s=0.3,
                        precompile=False)  # fmt: skip

@@ -26,7 +26,8 @@ from model.registry import Registry
 from model.runtime import enable_compile_cache
 from streamer import cli
 from streamer.jobs import replay
-from streamer.kafka.announcements import ModelFollower, announce
+from streamer.kafka.announcements import announce
+from streamer.serve.follower import ModelFollower
 from streamer.kafka.local import LocalBroker, free_port
 from streamer.serve.processor import StreamProcessor
 from streamer.settings import Settings
@@ -55,7 +56,7 @@ def counter(server: StreamProcessor, name: str, label: str | None = None) -> flo
 async def live(settings: Settings, server: StreamProcessor, body: Any) -> Any:
     """Run the server and its model follower around `body()`."""
     stop = asyncio.Event()
-    follower = ModelFollower(settings, server)
+    follower = ModelFollower(settings, server, server.metrics)
     tasks = [asyncio.create_task(server.run(stop)), asyncio.create_task(follower.run(stop))]
     try:
         for _ in range(600):
