@@ -27,8 +27,8 @@ from model.runtime import enable_compile_cache
 from streamer import cli
 from streamer.jobs import replay
 from streamer.kafka.announcements import announce
-from streamer.serve.follower import ModelFollower
 from streamer.kafka.local import LocalBroker, free_port
+from streamer.serve.follower import ModelFollower
 from streamer.serve.processor import StreamProcessor
 from streamer.settings import Settings
 from tests.streamer.core.test_swap import perturbed
