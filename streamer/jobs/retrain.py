@@ -318,7 +318,7 @@ def resync_announcement(settings: Settings, registry: Registry) -> bool:
     latest = asyncio.run(models.read_latest(settings.kafka_bootstrap, settings.models_topic))
     if latest is not None and latest.get("version") == champ:
         return False
-    record = next((h for h in reversed(registry.history()) if h.get("version") == champ), None)
+    record = next((h for h in reversed(registry.changes()) if h.get("version") == champ), None)
     log.warning("models topic names %s, the registry's champion is %s: announcing it again",
                 None if latest is None else latest.get("version"), champ)  # fmt: skip
     _announce(settings, record or {"version": champ, "reason": "promote"})
@@ -454,7 +454,7 @@ def _fmt_ms(ms: Any) -> str:
 def models_table(registry: Registry) -> str:
     """Every stored version, oldest first; `*` marks the champion."""
     champ = registry.champion()
-    promoted = {h.get("version") for h in registry.history()}
+    promoted = {h.get("version") for h in registry.changes()}
     rows = [("", "version", "created", "parent", "data range (UTC)", "challenger RMSE",
              "champion RMSE", "status")]  # fmt: skip
     for m in registry.versions():
