@@ -360,20 +360,20 @@ def _models(args: argparse.Namespace) -> int:
     """List the registry's versions, promote one, or roll back to the previous champion;
     promote and rollback announce the new champion on the models topic."""
     from model.registry import Registry, RegistryError
-    from streamer.jobs import retrain
+    from streamer.jobs import registry_ops
     from streamer.settings import from_args
 
     settings = from_args(args)
     try:
         if args.action == "list":
-            print(retrain.models_table(Registry(settings.registry)))
+            print(registry_ops.models_table(Registry(settings.registry)))
             return 0
         if args.action == "promote":
             if not args.version:
                 raise ValueError("models promote needs a VERSION")
-            rec = retrain.models_promote(settings, args.version)
+            rec = registry_ops.models_promote(settings, args.version)
         else:
-            rec = retrain.models_rollback(settings)
+            rec = registry_ops.models_rollback(settings)
     except RegistryError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

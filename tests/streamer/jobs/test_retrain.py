@@ -19,10 +19,10 @@ from streamer.jobs.replay import interleave
 from streamer.jobs.retrain import (
     Options,
     RetrainMetrics,
-    group_series,
     loop,
     parse_duration,
 )
+from streamer.jobs.tick_range import group_series
 from streamer.kafka import announcements as models
 from tests.streamer.harness import fresh_settings, produce_raw, tick_records
 
