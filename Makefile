@@ -37,10 +37,10 @@ test-deploy: $(STAMP) kafka-jars prometheus  ## compose/Dockerfile/Grafana check
 	$(BIN)/pytest tests/deploy
 
 dashboard-shot: $(STAMP) kafka-jars browser  ## browser test, saving bench/results/dashboard.png
-	TICKCAST_SAVE_SCREENSHOT=1 $(BIN)/pytest tests/streamer/test_dashboard.py
+	TICKCAST_SAVE_SCREENSHOT=1 $(BIN)/pytest tests/streamer/e2e/test_dashboard.py
 
 kafka-jars: $(STAMP)  ## fetch the pinned Kafka broker's jars with Maven (once; see deploy/kafka)
-	$(BIN)/python -c 'from streamer.kafka.local import ensure_jars; ensure_jars(quiet=False)'
+	$(BIN)/python -c 'from streamer.kafka.jars import ensure_jars; ensure_jars(quiet=False)'
 
 test: $(STAMP) kafka-jars browser prometheus  ## lint, type-check and the whole test suite (what CI runs)
 	$(BIN)/ruff check .

@@ -150,7 +150,7 @@ async def run_cell(args: argparse.Namespace, n_clients: int) -> dict[str, Any]:
         Settings(), feed_port=free_port(), feed_max_connections=n_clients + 10,
         feed_max_symbols=max(args.per_client, 1000), feed_frames_per_s=args.frame_rate,
     )  # fmt: skip
-    hub = Hub(history=10)
+    hub = Hub(snapshot_points=10)
     feed = FeedServer(settings, hub)
     await feed.start()
     parent, child = mp.get_context("spawn").Pipe()

@@ -149,7 +149,7 @@ class Registry:
 
     def promote(self, version: str, reason: str, **info: Any) -> dict[str, Any]:
         """Make `version` the champion after checking that it loads; logs the change.
-        Returns the history record (what `streamer.kafka.announcements.announce` publishes)."""
+        Returns the change record (what `streamer.kafka.announcements.announce` publishes)."""
         self.load(version)  # refuses a corrupt or foreign checkpoint here, not in serving
         record = {
             "version": version,
@@ -164,18 +164,19 @@ class Registry:
         _write_atomic(self.root / "champion.json", json.dumps(since) + "\n")
         return record
 
-    def history(self) -> list[dict[str, Any]]:
+    def changes(self) -> list[dict[str, Any]]:
+        """Every change of champion, oldest first (the lines of history.jsonl)."""
         return _read_lines(self.root / "history.jsonl")
 
     def rollback_target(self) -> str:
-        """The champion before the current one. History is read as a stack: a promotion
+        """The champion before the current one. The changes are read as a stack: a promotion
         pushes its version, a rollback pops one, so rolling back twice goes back two steps
         (versions no longer stored are skipped)."""
         current = self.champion()
         if current is None:
             raise RegistryError("no champion yet; nothing to roll back")
         stack: list[str] = []
-        for h in self.history():
+        for h in self.changes():
             if h.get("reason") == "rollback":
                 if stack:
                     stack.pop()

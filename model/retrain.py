@@ -237,9 +237,9 @@ def save_challenger(
 
 def prune(registry: Registry, keep: int) -> list[str]:
     """Remove the oldest versions beyond the newest `keep` that were never champion; the
-    champion and every version named in the history stay. Returns the removed versions."""
+    champion and every version named in a change of champion stay. Returns the removed versions."""
     protected = {registry.champion()}
-    for h in registry.history():
+    for h in registry.changes():
         protected |= {h.get("version"), h.get("previous")}
     metas = [m for m in registry.versions() if m.get("version") not in protected]
     metas.sort(key=lambda m: (str(m.get("created", "")), str(m["version"])))

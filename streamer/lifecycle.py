@@ -13,10 +13,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Service", "event_loop_factory", "install_signals", "run_service"]
+from streamer.loop import new_event_loop_factory
+
+__all__ = ["Service", "install_signals", "run_service", "serve_until_stopped"]
 
 log = logging.getLogger(__name__)
 
@@ -64,23 +65,10 @@ async def serve_until_stopped(
         await service.shutdown()
 
 
-def event_loop_factory(use_uvloop: bool) -> Callable[[], asyncio.AbstractEventLoop] | None:
-    """uvloop's loop factory when asked for and installed (lower fan-out latency), else
-    None (asyncio's default loop)."""
-    if not use_uvloop:
-        return None
-    try:
-        import uvloop
-    except ImportError:
-        log.info("uvloop is not installed; using asyncio's event loop")
-        return None
-    return uvloop.new_event_loop  # type: ignore[no-any-return]
-
-
 def run_service(service: Service, *, use_uvloop: bool = True) -> int:
     """Run `service` on a new event loop until a signal; returns 0, or 130 when a second
     signal cut it short."""
-    with asyncio.Runner(loop_factory=event_loop_factory(use_uvloop)) as runner:
+    with asyncio.Runner(loop_factory=new_event_loop_factory(use_uvloop)) as runner:
         try:
             runner.run(serve_until_stopped(service))
         except asyncio.CancelledError:  # a second Ctrl-C: stopped without the graceful part

@@ -4,7 +4,7 @@ Real brokers, the pinned Apache Kafka from deploy/kafka, on free ports of 127.0.
 
 - ``kafka``: one single-node broker (a :class:`~streamer.kafka.local.LocalBroker`) for the
   whole session; tests connect to ``kafka.bootstrap`` and use their own topic names.
-- ``kafka_cluster``: three nodes (a :class:`~streamer.kafka.local.LocalCluster`, replication
+- ``kafka_cluster``: three nodes (a :class:`~streamer.kafka.cluster.LocalCluster`, replication
   factor 3, min.insync.replicas 2), started only if some test asks for it. A test that stops
   or kills a node starts it again before it ends.
 
@@ -17,7 +17,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from streamer.kafka.local import KafkaError, LocalBroker, LocalCluster, free_port
+from streamer.kafka.cluster import LocalCluster
+from streamer.kafka.jars import LocalKafkaError
+from streamer.kafka.local import LocalBroker, free_port
 
 
 @pytest.fixture(scope="session")
@@ -25,7 +27,7 @@ def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBroker]:
     broker = LocalBroker(tmp_path_factory.mktemp("kafka"), port=free_port())
     try:
         broker.start()
-    except KafkaError as e:
+    except LocalKafkaError as e:
         pytest.fail(f"could not start the test Kafka broker: {e}", pytrace=False)
     yield broker
     broker.stop()
@@ -36,7 +38,7 @@ def kafka_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalClu
     cluster = LocalCluster(tmp_path_factory.mktemp("kafka-cluster"), n=3)
     try:
         cluster.start()
-    except KafkaError as e:
+    except LocalKafkaError as e:
         pytest.fail(f"could not start the test Kafka cluster: {e}", pytrace=False)
     yield cluster
     cluster.stop()

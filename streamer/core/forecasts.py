@@ -106,7 +106,7 @@ POINT_FIELDS = ("ts", "price", "forecast", "lower", "upper")
 
 
 def points_of(f: Forecasts, rows: np.ndarray) -> np.ndarray:
-    """`[len(rows), 5]` float64 history points (`POINT_FIELDS`; ts in epoch ms)."""
+    """`[len(rows), 5]` float64 snapshot points (`POINT_FIELDS`; ts in epoch ms)."""
     rows = np.asarray(rows, np.int64)
     return np.stack(
         [f.ts[rows].astype(np.float64), f.price[rows], f.forecast[rows], f.lower[rows],

@@ -1,7 +1,8 @@
-"""The websocket fan-out: the in-process hub the processor publishes to (`hub`), the feed's
-sans-I/O protocol and per-client state (`protocol`, `outbox`), the websockets server that
-drives them (`server`), and the dashboard's static files (`static/`).
+"""The websocket fan-out: the in-process `hub` the processor publishes to, the sans-I/O
+`protocol` and per-client `outbox`, the websockets `server` and the dashboard's `static/`
+files.
 
-May import `core` (the forecast wire format), `metrics` and `settings`; never `serve` or
-`kafka`: the processor hands it forecasts through the hub.
+`hub`, `outbox` and `protocol` are pure and synchronous; only `server` does I/O. May import
+`streamer.core`, `streamer.metrics` and `streamer.settings`; never `streamer.serve`,
+`streamer.kafka` or `model`.
 """

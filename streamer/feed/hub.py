@@ -17,14 +17,17 @@ import numpy as np
 
 from streamer.core.forecasts import POINT_FIELDS
 
+__all__ = ["Hub", "Listener", "SnapshotPoints"]
+
 log = logging.getLogger(__name__)
 
 Listener = Callable[[list[str], list[bytes]], None]
 
 
-class History:
-    """The last `n` points of each symbol in one ring array `[symbols, n, 5]` (`POINT_FIELDS`),
-    updated once per batch with numpy (no Python loop over points)."""
+class SnapshotPoints:
+    """Each symbol's recent points (price, forecast, interval: `POINT_FIELDS`), the body of
+    its snapshot's `history` field: the last `n` of each symbol in one ring array
+    `[symbols, n, 5]`, updated once per batch with numpy (no Python loop over points)."""
 
     def __init__(self, n: int = 120, capacity: int = 64) -> None:
         self.n = n
@@ -83,12 +86,12 @@ class History:
 
 
 class Hub:
-    """Latest forecast per symbol, its recent history, and listeners called with each
+    """Latest forecast per symbol, its recent points (for snapshots), and listeners called with each
     batch's forecasts (symbols and their JSON payloads, in order)."""
 
-    def __init__(self, history: int = 120) -> None:
+    def __init__(self, snapshot_points: int = 120) -> None:
         self.latest: dict[str, bytes] = {}
-        self.history = History(history)
+        self.points = SnapshotPoints(snapshot_points)
         self._listeners: list[Listener] = []
         self.events: list[dict[str, Any]] = []  # announcements (evictions), newest last
 
@@ -105,10 +108,10 @@ class Hub:
     def publish(
         self, symbols: list[str], values: list[bytes], points: np.ndarray | None = None
     ) -> None:
-        """One batch's forecasts, in order; `points [n, 5]` (`points_of`) feed the history."""
+        """One batch's forecasts, in order; `points [n, 5]` (`points_of`) feed `points`."""
         self.latest.update(zip(symbols, values, strict=True))
         if points is not None:
-            self.history.add(symbols, points)
+            self.points.add(symbols, points)
         for listener in list(self._listeners):
             try:
                 listener(symbols, values)
@@ -123,4 +126,4 @@ class Hub:
         if event.get("type") == "evicted":
             for sym in event.get("symbols", []):
                 self.latest.pop(sym, None)
-            self.history.drop(event.get("symbols", []))
+            self.points.drop(event.get("symbols", []))

@@ -26,7 +26,8 @@ from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
 from streamer.feed.hub import Hub
-from streamer.feed.protocol import Client, FeedProtocol, Limits
+from streamer.feed.outbox import Client, Limits
+from streamer.feed.protocol import FeedProtocol
 from streamer.metrics import Metrics
 from streamer.settings import Settings
 

@@ -1,6 +1,7 @@
-"""The other processes: the retraining job (`retrain`) and registry operations, `tickcast
-replay` (`replay`), and `tickcast run`, the whole product on one machine (`run_local`).
+"""The processes besides `serve`: the retrain job and its registry operations, the replay
+of series as ticks, and `tickcast run` (everything on a local broker).
 
-May import every sub-package below `cli`. `replay` imports no JAX (it validates and sends
-ticks only).
+May import `model`, `streamer.core`, `streamer.kafka`, the ground-floor modules
+(`settings`, `metrics`, `loop`, `timefmt`) and, for `run_local` only, `streamer.serve` and
+`streamer.feed`; never `streamer.cli` or `streamer.tools`.
 """

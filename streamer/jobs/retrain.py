@@ -1,21 +1,19 @@
-"""`tickcast retrain` and `tickcast models`: the Kafka shell around `model.retrain`.
+"""`tickcast retrain`: the Kafka shell around `model.retrain`.
 
 One run: resolve the champion from the registry (seeding it from `--model` when the
-registry is empty), read a time range of the ticks topic, decode and group it per symbol,
-let `model.retrain.retrain` fit a challenger and decide, store the challenger, its plot and
-the attempt in the registry, and on promotion announce the new champion on the compacted
-models topic (`streamer.kafka.announcements`), which serving instances follow.
-
-Time ranges apply to the tick's own `ts` (epoch ms; `--since` is relative to now, `since`
-inclusive, `until` exclusive). Reading starts, per partition, at the first record whose
-Kafka timestamp is at most `SEEK_SLACK_MS` before `since` (a tick is published after it
-happens; ticks published more than that long before their own `ts` would be missed) and
-stops at the end offsets taken when the run starts.
+registry is empty), read a time range of the ticks topic (`jobs.tick_range`; `--since` is
+relative to now), let `model.retrain.retrain` fit a challenger and decide, store the
+challenger, its plot and the attempt in the registry, and on promotion announce the new
+champion on the compacted models topic (`jobs.registry_ops.announce_change`), which serving
+instances follow. `tickcast models` lives in `jobs.registry_ops`.
 
 Exit codes of a one-shot run: 0 promoted or rejected, 3 skipped (not enough data), 2 a
 refused input (bad checkpoint, bad flag), 1 anything else. `--every` loops log a failed run,
 count it and go on; they exit 0 when stopped by SIGINT or SIGTERM (a second signal
 interrupts the run in progress).
+
+May import `model`, `streamer.settings`, `streamer.kafka` and the other jobs modules it
+names; nothing from serve/ or core/ apart from `core.ticks` (through `tick_range`).
 """
 
 from __future__ import annotations
@@ -32,14 +30,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
-from aiokafka import AIOKafkaConsumer
-from aiokafka.structs import TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from tqdm import tqdm
 
 from model.checkpoint import LoadedModel
-from model.data import Series
 from model.paths import resolve_model
 from model.registry import Registry, RegistryError
 from model.retrain import (
@@ -51,25 +44,20 @@ from model.retrain import (
     retrain,
     save_challenger,
 )
-from streamer.core.ticks import decode
+from streamer.jobs.registry_ops import announce_change
+from streamer.jobs.tick_range import read_ticks
 from streamer.kafka import announcements as models
 from streamer.settings import Settings
 
 __all__ = [
     "EXIT_SKIPPED",
     "Options",
-    "ReadResult",
     "RegistryError",
     "RetrainMetrics",
     "exit_code",
-    "group_series",
     "loop",
-    "models_promote",
-    "models_rollback",
-    "models_table",
     "options_from_args",
     "parse_duration",
-    "read_ticks",
     "resolve_champion",
     "resync_announcement",
     "run_once",
@@ -78,7 +66,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXIT_SKIPPED = 3
-SEEK_SLACK_MS = 3_600_000
 OUTCOMES = ("promoted", "rejected", "skipped", "failed")
 RUN_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 1800, 3600)
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
@@ -93,143 +80,6 @@ def parse_duration(text: str) -> float:
     if value <= 0:
         raise ValueError(f"duration must be > 0: {text!r}")
     return value
-
-
-# --------------------------------------------------------------------- reading the topic
-@dataclass
-class ReadResult:
-    """What a read of the ticks topic gave: series per symbol and the counts of the rest."""
-
-    series: list[Series]
-    records: int = 0  # records read from Kafka
-    ticks: int = 0  # valid ticks in range, kept
-    malformed: dict[str, int] = field(default_factory=dict)  # reason -> records skipped
-    stale: int = 0  # ts not after the symbol's previous kept tick
-    out_of_range: int = 0  # valid ticks outside [since, until)
-
-    def describe(self) -> str:
-        bad = sum(self.malformed.values())
-        why = ", ".join(f"{k} {v}" for k, v in sorted(self.malformed.items()))
-        return (
-            f"{self.records} records: {self.ticks} ticks of {len(self.series)} symbol(s) kept, "
-            f"{bad} malformed{f' ({why})' if why else ''}, {self.stale} stale, "
-            f"{self.out_of_range} outside the range"
-        )
-
-
-def group_series(
-    symbols: list[str], ts: list[int], price: list[float], volume: list[float]
-) -> tuple[list[Series], int]:
-    """Ticks in topic order → one `Series` per symbol (first-seen order) and the number of
-    ticks dropped because their ts was not after the symbol's previous kept tick (the
-    engine's rule, made strict: a series has one tick per timestamp). Volume: NaN = absent;
-    a symbol with no volume at all gets None, otherwise absent volumes become 0."""
-    rows: dict[str, list[int]] = {}
-    last: dict[str, int] = {}
-    stale = 0
-    for i, (sym, t) in enumerate(zip(symbols, ts, strict=True)):
-        prev = last.get(sym)
-        if prev is not None and t <= prev:
-            stale += 1
-            continue
-        last[sym] = t
-        rows.setdefault(sym, []).append(i)
-    ts_a, p_a, v_a = (np.asarray(ts, np.int64), np.asarray(price, np.float64),
-                      np.asarray(volume, np.float64))  # fmt: skip
-    out = []
-    for sym, idx in rows.items():
-        ix = np.asarray(idx)
-        v = v_a[ix]
-        vol = None if np.isnan(v).all() else np.nan_to_num(v, nan=0.0)
-        out.append(Series(sym, ts_a[ix], p_a[ix], vol))
-    return out, stale
-
-
-async def read_ticks(
-    bootstrap: str,
-    topic: str,
-    since_ms: int | None = None,
-    until_ms: int | None = None,
-    *,
-    progress: bool = True,
-    timeout_s: float = 60.0,
-) -> ReadResult:
-    """Every tick of `topic` with `since_ms <= ts < until_ms` (either bound optional), up to
-    the end offsets at the start of the call, decoded with `streamer.core.ticks.decode`."""
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap,
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        max_partition_fetch_bytes=8 << 20,
-        fetch_max_wait_ms=100,
-    )
-    await consumer.start()
-    symbols: list[str] = []
-    tss: list[int] = []
-    prices: list[float] = []
-    vols: list[float] = []
-    res = ReadResult(series=[])
-    try:
-        # The consumer's partitions_for_topic is synchronous and reads only cached metadata
-        # (None for a topic it never fetched): ask the cluster.
-        parts = (await consumer._client.fetch_all_metadata()).partitions_for_topic(topic)
-        if not parts:
-            log.warning("topic %s does not exist (or has no partitions): no ticks", topic)
-            return res
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        consumer.assign(tps)
-        end = await consumer.end_offsets(tps)
-        begin = await consumer.beginning_offsets(tps)
-        start = dict(begin)
-        if since_ms is not None:
-            found = await consumer.offsets_for_times(
-                {tp: max(since_ms - SEEK_SLACK_MS, 0) for tp in tps}
-            )
-            for tp in tps:
-                got = found.get(tp)
-                start[tp] = end[tp] if got is None else max(got.offset, begin[tp])
-        for tp in tps:
-            consumer.seek(tp, start[tp])
-        todo = {tp for tp in tps if start[tp] < end[tp]}
-        bar = tqdm(total=sum(end[tp] - start[tp] for tp in tps), desc=f"reading {topic}",
-                   unit="rec", disable=not progress, leave=False)  # fmt: skip
-        loop = asyncio.get_running_loop()
-        last_progress = loop.time()
-        while todo:
-            got = await consumer.getmany(*todo, timeout_ms=500, max_records=50_000)
-            n_got = 0
-            for tp, recs in got.items():
-                recs = [r for r in recs if r.offset < end[tp]]
-                n_got += len(recs)
-                good, bad = decode([r.value for r in recs], [r.key for r in recs])
-                res.records += len(recs)
-                for b in bad:
-                    res.malformed[b.reason] = res.malformed.get(b.reason, 0) + 1
-                for sym, t, p, v in zip(good.symbols, good.ts, good.price, good.volume,
-                                        strict=True):  # fmt: skip
-                    if (since_ms is not None and t < since_ms) or (
-                        until_ms is not None and t >= until_ms
-                    ):
-                        res.out_of_range += 1
-                        continue
-                    symbols.append(sym)
-                    tss.append(t)
-                    prices.append(p)
-                    vols.append(v)
-            bar.update(n_got)
-            for tp in list(todo):
-                if await consumer.position(tp) >= end[tp]:
-                    todo.discard(tp)
-            if n_got:
-                last_progress = loop.time()
-            elif loop.time() - last_progress > timeout_s:
-                raise TimeoutError(f"reading {topic}: no progress in {timeout_s} s")
-        bar.close()
-    finally:
-        await consumer.stop()
-    res.series, res.stale = group_series(symbols, tss, prices, vols)
-    res.ticks = sum(len(s) for s in res.series)
-    return res
 
 
 # --------------------------------------------------------------------- metrics
@@ -286,15 +136,6 @@ class Options:
         return since, self.until_ms
 
 
-def _announce(settings: Settings, record: dict[str, Any]) -> None:
-    if not settings.models_topic:
-        return
-    rec = {k: record[k] for k in ("version", "previous", "reason", "time_ms") if k in record}
-    rec["scores"] = record.get("scores") or {}
-    asyncio.run(models.announce(settings.kafka_bootstrap, settings.models_topic, rec,
-                                settings.replication_factor))  # fmt: skip
-
-
 def resolve_champion(settings: Settings, registry: Registry) -> LoadedModel:
     """The registry's champion; an empty registry is seeded from `settings.model` (imported,
     promoted with reason "seed" and announced)."""
@@ -305,7 +146,7 @@ def resolve_champion(settings: Settings, registry: Registry) -> LoadedModel:
         scores = registry.load(version).metadata.get("scores") or {}
         rec = registry.promote(version, "seed", source=str(src), scores=scores)
         log.info("registry %s seeded with %s from %s", registry.root, version, src)
-        _announce(settings, rec)
+        announce_change(settings, rec)
     return registry.load(version)
 
 
@@ -318,10 +159,10 @@ def resync_announcement(settings: Settings, registry: Registry) -> bool:
     latest = asyncio.run(models.read_latest(settings.kafka_bootstrap, settings.models_topic))
     if latest is not None and latest.get("version") == champ:
         return False
-    record = next((h for h in reversed(registry.history()) if h.get("version") == champ), None)
+    record = next((h for h in reversed(registry.changes()) if h.get("version") == champ), None)
     log.warning("models topic names %s, the registry's champion is %s: announcing it again",
                 None if latest is None else latest.get("version"), champ)  # fmt: skip
-    _announce(settings, record or {"version": champ, "reason": "promote"})
+    announce_change(settings, record or {"version": champ, "reason": "promote"})
     return True
 
 
@@ -356,7 +197,7 @@ def run_once(settings: Settings, opts: Options, registry: Registry | None = None
         scores = {k: float(v["rmse"]) for k, v in attempt.scores.items()}
         rec = registry.promote(version, "retrain", scores=scores, attempt=attempt_id)
         try:
-            _announce(settings, rec)
+            announce_change(settings, rec)
             extra["announced"] = True
         except Exception as e:  # the next run announces it again (resync_announcement)
             extra["announced"], extra["announce_error"] = False, f"{type(e).__name__}: {e}"
@@ -442,63 +283,6 @@ def loop(
             server.shutdown()
             server.server_close()
     return 0
-
-
-# --------------------------------------------------------------------- tickcast models
-def _fmt_ms(ms: Any) -> str:
-    if not isinstance(ms, int | float):
-        return "-"
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d %H:%M")
-
-
-def models_table(registry: Registry) -> str:
-    """Every stored version, oldest first; `*` marks the champion."""
-    champ = registry.champion()
-    promoted = {h.get("version") for h in registry.history()}
-    rows = [("", "version", "created", "parent", "data range (UTC)", "challenger RMSE",
-             "champion RMSE", "status")]  # fmt: skip
-    for m in registry.versions():
-        v = str(m.get("version"))
-        if "error" in m:
-            status = "unreadable"
-        elif v == champ:
-            status = "champion"
-        elif v in promoted:
-            status = "promoted-before"
-        elif (m.get("retrain") or {}).get("outcome") in ("rejected", "promoted"):
-            status = "rejected" if m["retrain"]["outcome"] == "rejected" else "not promoted"
-        else:
-            status = "stored"
-        d = m.get("data") or {}
-        sc = m.get("scores") or {}
-
-        def num(x: Any) -> str:
-            return f"{x:.6g}" if isinstance(x, int | float) else "-"
-
-        rows.append((
-            "*" if v == champ else "", v, str(m.get("created", "-"))[:19],
-            str(m.get("parent") or "-"),
-            f"{_fmt_ms(d.get('first_ts_ms'))} → {_fmt_ms(d.get('last_ts_ms'))}",
-            num(sc.get("challenger")), num(sc.get("champion")), status,
-        ))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip()
-                     for r in rows)  # fmt: skip
-
-
-def models_promote(settings: Settings, version: str, reason: str = "promote") -> dict[str, Any]:
-    """Make `version` the champion (it must load) and announce it; returns the record."""
-    registry = Registry(settings.registry)
-    scores = registry.load(version).metadata.get("scores") or {}
-    rec = registry.promote(version, reason, scores=scores)
-    _announce(settings, rec)
-    return rec
-
-
-def models_rollback(settings: Settings) -> dict[str, Any]:
-    """Promote the champion before the current one (reason "rollback") and announce it."""
-    target = Registry(settings.registry).rollback_target()
-    return models_promote(settings, target, reason="rollback")
 
 
 def options_from_args(args: Any) -> Options:

@@ -22,7 +22,8 @@ from model.checkpoint import LoadedModel
 from model.data import load
 from streamer.feed.server import FeedServer
 from streamer.jobs import replay
-from streamer.kafka.local import LocalBroker, ensure_jars, free_port
+from streamer.kafka.jars import ensure_jars
+from streamer.kafka.local import LocalBroker, free_port
 from streamer.kafka.topics import ensure_topics
 from streamer.serve.service import ServeService
 from streamer.settings import Settings

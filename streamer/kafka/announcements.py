@@ -89,10 +89,11 @@ async def read_latest(bootstrap: str, topic: str, timeout_s: float = 10.0) -> di
         await consumer.seek_to_beginning(*tps)
         latest: dict[str, Any] | None = None
 
-        def keep(r: Any) -> None:
+        def keep(_: TopicPartition, recs: list[Any]) -> None:
             nonlocal latest
-            with contextlib.suppress(ValueError):
-                latest = parse(r.value)
+            for r in recs:
+                with contextlib.suppress(ValueError):
+                    latest = parse(r.value)
 
         try:
             await asyncio.wait_for(read_to_end(consumer, tps, keep), timeout_s)

@@ -1,79 +1,51 @@
 """A real Apache Kafka broker on 127.0.0.1, for development, tests and benchmarks.
 
 The broker is the pinned Maven artifact ``org.apache.kafka:kafka_2.13`` (see
-``deploy/kafka/pom.xml``): Maven copies its jars once into a cache folder outside git
-(:func:`ensure_jars`), and each node runs as ``java -cp '<libs>/*' kafka.Kafka server.properties``
-in KRaft mode, broker and controller in one process. No Docker, no download at run time.
+``deploy/kafka/pom.xml`` and :mod:`streamer.kafka.jars`): each node runs as
+``java -cp '<libs>/*' kafka.Kafka server.properties`` in KRaft mode, broker and controller
+in one process. No Docker, no download at run time.
 
 - :class:`LocalBroker`: one node (dynamic single-voter quorum, or one voter of a static quorum).
-- :class:`LocalCluster`: n nodes (3 by default) with a static quorum, replication factor 3.
-- :func:`up`, :func:`down`, :func:`status` and :func:`add_cli`: ``tickcast kafka up|down|status``,
-  a broker that outlives the command.
+- :class:`~streamer.kafka.cluster.LocalCluster`: n nodes; ``up``, ``down`` and ``status`` of
+  ``tickcast kafka`` (a broker that outlives the command) are in :mod:`streamer.kafka.cluster`.
+
+Failures raise :class:`~streamer.kafka.jars.LocalKafkaError`. A dev/test tool, never
+imported by the serving path. May import :mod:`streamer.kafka.jars`,
+:mod:`streamer.kafka.probe` and the standard library.
 """
 
 from __future__ import annotations
 
-import argparse
 import atexit
 import base64
 import contextlib
-import hashlib
-import json
 import os
-import shutil
 import signal
 import socket
 import struct
 import subprocess
-import sys
-import tempfile
-import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+
+from streamer.kafka.jars import JVM_FLAGS, LOG4J_CONFIG, LocalKafkaError, ensure_jars, java
+from streamer.kafka.probe import HOST, cmdline, metadata_brokers, pid_alive
 
 __all__ = [
-    "KAFKA_VERSION",
-    "KafkaError",
+    "BASE_SETTINGS",
+    "HOST",
+    "PID_FILE",
     "LocalBroker",
-    "LocalCluster",
-    "add_cli",
-    "default_data_dir",
-    "down",
-    "ensure_jars",
     "free_port",
-    "kafka_home",
-    "metadata_brokers",
-    "status",
-    "up",
+    "new_cluster_id",
+    "recorded_pid",
+    "recorded_port",
+    "replication_settings",
 ]
 
-KAFKA_VERSION = "4.1.2"  # keep in sync with deploy/kafka/pom.xml
-
-HOST = "127.0.0.1"
-DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "kafka"
-POM = DEPLOY / "pom.xml"
-LOG4J_CONFIG = DEPLOY / "log4j2.properties"
-_MARKER = ".complete"  # in kafka_home(): holds the sha256 of the pom the jars came from
-_PID_FILE = "kafka.pid"
+PID_FILE = "kafka.pid"  # in the data dir: the running JVM's pid
 _CONFIG_FILE = "server.properties"
 _OUT_FILE = "kafka.out"  # the JVM's own stdout/stderr; the broker log is server.log
-
-# Small, fast-starting JVM. SerialGC on a small heap. C1 only (TieredStopAtLevel=1): measured
-# here (2 cores, aiokafka producing 1.2M 100-byte records, then consuming them) the broker used
-# a third less CPU than with C2 for the same throughput, since C2's compiling costs more than it
-# gains on a broker whose hot paths are copies and CRC intrinsics. TICKCAST_KAFKA_OPTS appends
-# flags (later flags win, e.g. -XX:TieredStopAtLevel=4 brings C2 back).
-JVM_FLAGS = (
-    "-XX:+UseSerialGC",
-    "-XX:TieredStopAtLevel=1",
-    "-Xshare:auto",
-    "-XX:-UsePerfData",
-    "-XX:+ExitOnOutOfMemoryError",
-    "-Djava.awt.headless=true",
-    "-Dlog4j2.disable.jmx=true",
-)
 
 # Dev/test broker settings shared by every node; replication settings are added per topology.
 BASE_SETTINGS: dict[str, str] = {
@@ -99,7 +71,7 @@ BASE_SETTINGS: dict[str, str] = {
 }
 
 
-def _replication(n: int) -> dict[str, str]:
+def replication_settings(n: int) -> dict[str, str]:
     rf = str(min(n, 3))
     isr = "2" if n >= 3 else "1"
     return {
@@ -111,99 +83,6 @@ def _replication(n: int) -> dict[str, str]:
         "share.coordinator.state.topic.replication.factor": rf,
         "share.coordinator.state.topic.min.isr": isr,
     }
-
-
-class KafkaError(RuntimeError):
-    """Kafka could not be fetched, formatted, started or stopped; the message says why."""
-
-
-# --------------------------------------------------------------------------------------------
-# jars
-
-
-def kafka_home() -> Path:
-    """The cache folder of the pinned Kafka: ``$TICKCAST_KAFKA_HOME`` or
-    ``~/.cache/tickcast/kafka-<version>`` (``$XDG_CACHE_HOME`` respected); jars in ``libs/``."""
-    env = os.environ.get("TICKCAST_KAFKA_HOME")
-    if env:
-        return Path(env).expanduser()
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return cache / "tickcast" / f"kafka-{KAFKA_VERSION}"
-
-
-def _pom_digest() -> str:
-    return hashlib.sha256(POM.read_bytes()).hexdigest()
-
-
-def ensure_jars(quiet: bool = True) -> Path:
-    """Return the folder of the Kafka jars, fetching them with Maven first if they are missing
-    or came from another version of ``deploy/kafka/pom.xml`` (about 45 MB, seconds).
-
-    ``quiet=False`` says when it fetches and lets Maven's errors through to the terminal;
-    quiet, they are in the exception.
-
-    Raises :class:`KafkaError` if Maven is not installed or the fetch fails.
-    """
-    with _JARS_LOCK:
-        return _ensure_jars(quiet)
-
-
-_JARS_LOCK = threading.Lock()
-
-
-def _ensure_jars(quiet: bool) -> Path:
-    home = kafka_home()
-    libs = home / "libs"
-    marker = home / _MARKER
-    if not POM.exists():
-        raise KafkaError(f"{POM} not found: the Kafka jars are fetched from a tickcast checkout")
-    digest = _pom_digest()
-    with contextlib.suppress(OSError):
-        if marker.read_text().strip() == digest and any(libs.glob("kafka_2.13-*.jar")):
-            return libs
-    mvn = shutil.which("mvn")
-    if mvn is None:
-        if (libs / f"kafka_2.13-{KAFKA_VERSION}.jar").exists():
-            return libs  # filled by hand, e.g. from an unpacked Kafka distribution
-        raise KafkaError(
-            "Maven (mvn) is not on PATH; it fetches the pinned Kafka jars from Maven Central. "
-            "Install it (e.g. apt-get install maven), or set TICKCAST_KAFKA_HOME to a folder "
-            f"whose libs/ holds the Kafka {KAFKA_VERSION} jars (an unpacked distribution)."
-        )
-    home.mkdir(parents=True, exist_ok=True)
-    # Fetch into a fresh folder, then swap it in: a concurrent or interrupted fetch never
-    # leaves a half-filled libs/ behind a valid marker.
-    tmp = Path(tempfile.mkdtemp(prefix="libs-", dir=home))
-    cmd = [mvn, "-B", "-q", "-f", str(POM), "dependency:copy-dependencies"]
-    cmd.append(f"-DoutputDirectory={tmp}")
-    if not quiet:
-        print(f"fetching the Kafka {KAFKA_VERSION} jars into {libs}", file=sys.stderr)
-    proc = subprocess.run(cmd, capture_output=quiet, text=True, check=False)
-    if proc.returncode != 0 or not any(tmp.glob("kafka_2.13-*.jar")):
-        shutil.rmtree(tmp, ignore_errors=True)
-        out = (proc.stdout or "") + (proc.stderr or "") if quiet else ""
-        raise KafkaError(f"mvn could not fetch the Kafka jars (exit {proc.returncode})\n{out}")
-    old = home / f"libs.old-{os.getpid()}"
-    with contextlib.suppress(FileNotFoundError):
-        libs.rename(old)
-    tmp.rename(libs)
-    shutil.rmtree(old, ignore_errors=True)
-    marker.write_text(digest + "\n")
-    return libs
-
-
-def _java() -> str:
-    java_home = os.environ.get("JAVA_HOME")
-    if java_home and (Path(java_home) / "bin" / "java").exists():
-        return str(Path(java_home) / "bin" / "java")
-    java = shutil.which("java")
-    if java is None:
-        raise KafkaError("java is not on PATH: Kafka 4 needs a Java 17+ runtime")
-    return java
-
-
-# --------------------------------------------------------------------------------------------
-# small helpers
 
 
 def free_port() -> int:
@@ -223,7 +102,7 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _cluster_id() -> str:
+def new_cluster_id() -> str:
     """A Kafka cluster id: 16 random bytes, URL-safe base64 without padding, no leading '-'."""
     while True:
         cid = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
@@ -257,72 +136,23 @@ def _tail(path: Path, lines: int = 30) -> str:
     return "\n".join(text[-lines:])
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether pid is a live process (a zombie child of ours is reaped and counts as dead)."""
-    with contextlib.suppress(ChildProcessError):
-        done, _ = os.waitpid(pid, os.WNOHANG)
-        if done == pid:
-            return False
+def recorded_pid(data_dir: Path) -> int | None:
+    """The pid in data_dir's pid file if it is still this data dir's kafka.Kafka JVM."""
+    data_dir = Path(data_dir).expanduser().resolve()
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    else:
-        return stat.rsplit(")", 1)[1].split()[0] != "Z"
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        pid = int((data_dir / PID_FILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    args = cmdline(pid)
+    ours = "kafka.Kafka" in args and str(data_dir / _CONFIG_FILE) in args
+    is_java = bool(args) and Path(args[0]).name.startswith("java")
+    return pid if ours and is_java and pid_alive(pid) else None
 
 
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return []
-    return [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-
-
-# The readiness probe: a raw Metadata v4 request (the oldest version Kafka 4 still serves).
-
-
-def _recv_exact(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n:
-        chunk = sock.recv(n - len(buf))
-        if not chunk:
-            raise ConnectionError("connection closed")
-        buf += chunk
-    return bytes(buf)
-
-
-def metadata_brokers(port: int, timeout: float = 2.0) -> list[int]:
-    """The node ids that the broker on 127.0.0.1:port lists as alive, through a raw Metadata
-    request; raises OSError if nothing serves Kafka requests there."""
-    client = b"tickcast-probe"
-    header = struct.pack(">hhih", 3, 4, 1, len(client)) + client  # Metadata v4, correlation 1
-    body = struct.pack(">ib", 0, 0)  # no topics, no auto-creation
-    with socket.create_connection((HOST, port), timeout=timeout) as sock:
-        sock.sendall(struct.pack(">i", len(header) + len(body)) + header + body)
-        (size,) = struct.unpack(">i", _recv_exact(sock, 4))
-        data = _recv_exact(sock, size)
-    # correlation id, throttle_time_ms, then brokers: [node_id, host, port, rack]
-    off = 8
-    (count,) = struct.unpack_from(">i", data, off)
-    off += 4
-    ids = []
-    for _ in range(max(count, 0)):
-        (node_id, host_len) = struct.unpack_from(">ih", data, off)
-        off += 6 + host_len + 4
-        (rack_len,) = struct.unpack_from(">h", data, off)
-        off += 2 + max(rack_len, 0)
-        ids.append(node_id)
-    return ids
+def recorded_port(data_dir: Path) -> int | None:
+    """The client (PLAINTEXT) port in data_dir's server.properties, if it has one."""
+    data_dir = Path(data_dir).expanduser().resolve()
+    return _listener_port(_read_properties(data_dir / _CONFIG_FILE), "PLAINTEXT")
 
 
 # --------------------------------------------------------------------------------------------
@@ -393,7 +223,7 @@ class LocalBroker:
             "advertised.listeners": f"PLAINTEXT://{HOST}:{self.port}",
             "log.dirs": str(self.data_dir / "data"),
             **BASE_SETTINGS,
-            **_replication(1 if self.quorum is None else self.quorum.count("@")),
+            **replication_settings(1 if self.quorum is None else self.quorum.count("@")),
         }
         if self.quorum is None:
             props["controller.quorum.bootstrap.servers"] = f"{HOST}:{self.controller_port}"
@@ -409,7 +239,7 @@ class LocalBroker:
 
     def _jvm(self, heap: str) -> list[str]:
         more = os.environ.get("TICKCAST_KAFKA_OPTS", "").split()  # e.g. for profiling
-        return [_java(), f"-Xmx{heap}", *JVM_FLAGS, *more, "-cp", str(ensure_jars() / "*")]
+        return [java(), f"-Xmx{heap}", *JVM_FLAGS, *more, "-cp", str(ensure_jars() / "*")]
 
     @property
     def formatted(self) -> bool:
@@ -420,7 +250,7 @@ class LocalBroker:
         self._write_config()
         if self.formatted:
             return
-        cid = self.cluster_id or _cluster_id()
+        cid = self.cluster_id or new_cluster_id()
         cmd = [*self._jvm("256m"), "-Dlog4j2.configurationFile=" + str(LOG4J_CONFIG)]
         cmd += [f"-Dkafka.logs.dir={self.data_dir}", "kafka.tools.StorageTool", "format"]
         cmd += ["-t", cid, "-c", str(self.config_path)]
@@ -428,7 +258,7 @@ class LocalBroker:
             cmd.append("--standalone")
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False, timeout=120)
         if proc.returncode != 0:
-            raise KafkaError(f"formatting {self.data_dir} failed:\n{proc.stdout}{proc.stderr}")
+            raise LocalKafkaError(f"formatting {self.data_dir} failed:\n{proc.stdout}{proc.stderr}")
         self.cluster_id = cid
 
     # -- process
@@ -442,14 +272,16 @@ class LocalBroker:
     def running(self) -> bool:
         if self._proc is not None:
             return self._proc.poll() is None
-        return self._pid is not None and _pid_alive(self._pid)
+        return self._pid is not None and pid_alive(self._pid)
 
-    def _spawn(self, detach: bool = False) -> None:
+    def spawn(self, detach: bool = False) -> None:
+        """Format if needed and start the JVM, without waiting for it to serve (see
+        :meth:`wait_ready`)."""
         if self.running:
-            raise KafkaError(f"broker {self.node_id} is already running (pid {self._pid})")
+            raise LocalKafkaError(f"broker {self.node_id} is already running (pid {self._pid})")
         for p in (self.port, self.controller_port):
             if not _port_free(p):
-                raise KafkaError(f"port {p} on {HOST} is in use")
+                raise LocalKafkaError(f"port {p} on {HOST} is in use")
         self.format()
         cmd = [*self._jvm(self.heap), f"-Dlog4j2.configurationFile={LOG4J_CONFIG}"]
         cmd += [f"-Dkafka.logs.dir={self.data_dir}", "kafka.Kafka", str(self.config_path)]
@@ -472,7 +304,7 @@ class LocalBroker:
             if not self._atexit:  # never leave a test broker behind
                 atexit.register(self._kill_quietly)
                 self._atexit = True
-        (self.data_dir / _PID_FILE).write_text(f"{self._pid}\n")
+        (self.data_dir / PID_FILE).write_text(f"{self._pid}\n")
 
     def _ready(self, expect: int = 1) -> bool:
         try:
@@ -483,14 +315,15 @@ class LocalBroker:
 
     def wait_ready(self, timeout: float = 60, expect: int = 1) -> None:
         """Block until the node answers Metadata requests listing itself (and ``expect``
-        brokers in all); raise :class:`KafkaError` with the log tail if it dies or times out."""
+        brokers in all); raise :class:`~streamer.kafka.jars.LocalKafkaError` with the log tail
+        if it dies or times out."""
         deadline = time.monotonic() + timeout
         while not self._ready(expect):
             if not self.running:
-                raise KafkaError(f"broker {self.node_id} exited during start\n{self._logs()}")
+                raise LocalKafkaError(f"broker {self.node_id} exited during start\n{self._logs()}")
             if time.monotonic() > deadline:
                 self.kill()
-                raise KafkaError(
+                raise LocalKafkaError(
                     f"broker {self.node_id} not ready after {timeout:.0f} s\n{self._logs()}"
                 )
             time.sleep(0.2)
@@ -501,8 +334,17 @@ class LocalBroker:
         ``detach=True`` leaves a broker that outlives this Python process (``tickcast kafka
         up``); otherwise it is killed at interpreter exit if still running.
         """
-        self._spawn(detach)
+        self.spawn(detach)
         self.wait_ready(timeout)
+
+    def adopt(self, pid: int) -> None:
+        """Act on the running JVM ``pid`` (from :func:`recorded_pid`: a detached broker this
+        object did not start), so :attr:`running`, :meth:`stop` and :meth:`kill` reach it."""
+        self._proc, self._pid = None, pid
+
+    def terminate(self) -> None:
+        """SIGTERM, without waiting (:meth:`stop` waits)."""
+        self._signal(signal.SIGTERM)
 
     def _signal(self, sig: signal.Signals) -> None:
         if self._pid is not None and self.running:
@@ -528,13 +370,13 @@ class LocalBroker:
         self._signal(signal.SIGTERM)
         if not self._wait_exit(timeout):
             self.kill()
-        (self.data_dir / _PID_FILE).unlink(missing_ok=True)
+        (self.data_dir / PID_FILE).unlink(missing_ok=True)
 
     def kill(self) -> None:
         """SIGKILL, no clean shutdown (for fault tests)."""
         self._signal(signal.SIGKILL)
         self._wait_exit(10)
-        (self.data_dir / _PID_FILE).unlink(missing_ok=True)
+        (self.data_dir / PID_FILE).unlink(missing_ok=True)
 
     def _kill_quietly(self) -> None:
         with contextlib.suppress(Exception):
@@ -551,223 +393,3 @@ class LocalBroker:
     def __repr__(self) -> str:
         state = f"pid {self._pid}" if self.running else "stopped"
         return f"LocalBroker({self.bootstrap}, node {self.node_id}, {state}, {self.data_dir})"
-
-
-# --------------------------------------------------------------------------------------------
-# n nodes
-
-
-class LocalCluster:
-    """``n`` combined KRaft nodes on 127.0.0.1 with a static controller quorum (every node a
-    voter). Internal topics and new topics default to replication factor 3, min.insync.replicas
-    2, so a 3-node cluster keeps serving acks=all producers with one node down."""
-
-    def __init__(
-        self,
-        base_dir: Path,
-        n: int = 3,
-        heap: str = "384m",
-        extra: dict[str, str] | None = None,
-    ) -> None:
-        if n < 1:
-            raise ValueError("a cluster needs at least one node")
-        base_dir = Path(base_dir)
-        ports = [(free_port(), free_port()) for _ in range(n)]
-        quorum = ",".join(f"{i + 1}@{HOST}:{c}" for i, (_, c) in enumerate(ports))
-        cid = _cluster_id()
-        self.nodes = [
-            LocalBroker(
-                base_dir / f"node{i + 1}",
-                port=p,
-                controller_port=c,
-                node_id=i + 1,
-                heap=heap,
-                quorum=quorum,
-                extra=extra,
-                cluster_id=cid,
-            )
-            for i, (p, c) in enumerate(ports)
-        ]
-
-    @property
-    def bootstrap(self) -> str:
-        """Every node's ``127.0.0.1:<port>``, comma-joined."""
-        return ",".join(node.bootstrap for node in self.nodes)
-
-    def start(self, timeout: float = 90) -> None:
-        """Start every node (together: the quorum needs a majority) and wait until each
-        serves requests and sees all nodes."""
-        self._format_all()
-        try:
-            for node in self.nodes:
-                if not node.running:
-                    node._spawn()
-            for node in self.nodes:
-                node.wait_ready(timeout, expect=len(self.nodes))
-        except BaseException:
-            self.stop(timeout=5)
-            raise
-
-    def _format_all(self) -> None:
-        # The formats are independent JVMs: run them side by side.
-        todo = [node for node in self.nodes if not node.formatted]
-        ensure_jars()  # once, before the threads
-        errors: list[BaseException] = []
-
-        def run(node: LocalBroker) -> None:
-            try:
-                node.format()
-            except BaseException as e:
-                errors.append(e)
-
-        threads = [threading.Thread(target=run, args=(node,)) for node in todo]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        if errors:
-            raise errors[0]
-
-    def stop(self, timeout: float = 30) -> None:
-        """Stop every node: SIGTERM to all, then wait (SIGKILL past ``timeout``)."""
-        for node in self.nodes:
-            node._signal(signal.SIGTERM)
-        for node in self.nodes:
-            node.stop(timeout)
-
-    def stop_node(self, i: int, timeout: float = 30) -> None:
-        """Clean shutdown of node ``i`` (0-based)."""
-        self.nodes[i].stop(timeout)
-
-    def kill_node(self, i: int) -> None:
-        """SIGKILL node ``i`` (0-based)."""
-        self.nodes[i].kill()
-
-    def start_node(self, i: int, timeout: float = 60) -> None:
-        """Start node ``i`` (0-based) again, on its old ports and data."""
-        self.nodes[i].start(timeout)
-
-    def __repr__(self) -> str:
-        return f"LocalCluster({self.bootstrap})"
-
-
-# --------------------------------------------------------------------------------------------
-# tickcast kafka up|down|status
-
-
-def default_data_dir() -> Path:
-    """``$TICKCAST_KAFKA_DATA`` or ``~/.local/state/tickcast/kafka``."""
-    env = os.environ.get("TICKCAST_KAFKA_DATA")
-    if env:
-        return Path(env).expanduser()
-    state = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(state) / "tickcast" / "kafka"
-
-
-def _recorded_pid(data_dir: Path) -> int | None:
-    """The pid in data_dir's pid file if it is still this data dir's kafka.Kafka JVM."""
-    data_dir = Path(data_dir).expanduser().resolve()
-    try:
-        pid = int((data_dir / _PID_FILE).read_text().strip())
-    except (OSError, ValueError):
-        return None
-    args = _cmdline(pid)
-    ours = "kafka.Kafka" in args and str(data_dir / _CONFIG_FILE) in args
-    is_java = bool(args) and Path(args[0]).name.startswith("java")
-    return pid if ours and is_java and _pid_alive(pid) else None
-
-
-def status(data_dir: Path | None = None) -> dict[str, Any]:
-    """What runs from ``data_dir``: running, pid, bootstrap, ready (answers requests)."""
-    data_dir = Path(data_dir or default_data_dir()).expanduser().resolve()
-    pid = _recorded_pid(data_dir)
-    port = _listener_port(_read_properties(data_dir / _CONFIG_FILE), "PLAINTEXT")
-    ready = False
-    if pid is not None and port is not None:
-        with contextlib.suppress(OSError, struct.error):
-            ready = bool(metadata_brokers(port, timeout=1.0))
-    return {
-        "running": pid is not None,
-        "ready": ready,
-        "pid": pid,
-        "bootstrap": f"{HOST}:{port}" if port is not None else None,
-        "data_dir": str(data_dir),
-        "version": KAFKA_VERSION,
-    }
-
-
-def up(port: int = 9092, data_dir: Path | None = None, timeout: float = 60) -> LocalBroker:
-    """Start a single-node broker that outlives this process, or return the one already
-    running from ``data_dir`` (whatever its port). Its pid is in ``<data_dir>/kafka.pid``."""
-    data_dir = Path(data_dir or default_data_dir()).expanduser().resolve()
-    pid = _recorded_pid(data_dir)
-    if pid is not None:
-        old = _listener_port(_read_properties(data_dir / _CONFIG_FILE), "PLAINTEXT")
-        broker = LocalBroker(data_dir, port=old or port)
-        broker._pid = pid
-        return broker
-    broker = LocalBroker(data_dir, port=port)
-    broker._spawn(detach=True)
-    broker.wait_ready(timeout)
-    return broker
-
-
-def down(data_dir: Path | None = None, timeout: float = 30) -> bool:
-    """Stop the broker recorded in ``data_dir`` (that pid only, and only if it is this data
-    dir's ``kafka.Kafka`` JVM). False if none was running."""
-    data_dir = Path(data_dir or default_data_dir()).expanduser().resolve()
-    pid = _recorded_pid(data_dir)
-    if pid is None:
-        (data_dir / _PID_FILE).unlink(missing_ok=True)
-        return False
-    broker = LocalBroker(data_dir)
-    broker._pid = pid
-    broker.stop(timeout)
-    return True
-
-
-def _cli(args: argparse.Namespace) -> int:
-    data_dir = Path(args.data_dir) if args.data_dir else None
-    if args.action == "up":
-        before = status(data_dir)
-        try:
-            broker = up(args.port, data_dir)
-        except KafkaError as e:
-            print(f"error: {e}", file=sys.stderr)
-            return 1
-        verb = "already running" if before["running"] else "started"
-        print(f"kafka {KAFKA_VERSION} {verb}: {broker.bootstrap} (pid {broker.pid}, "
-              f"data {broker.data_dir})")  # fmt: skip
-        return 0
-    if args.action == "down":
-        stopped = down(data_dir)
-        print("kafka stopped" if stopped else "kafka was not running")
-        return 0
-    info = status(data_dir)
-    if args.json:
-        print(json.dumps(info))
-    elif info["running"]:
-        state = "ready" if info["ready"] else "not answering yet"
-        print(f"kafka running: {info['bootstrap']} (pid {info['pid']}, {state}, "
-              f"data {info['data_dir']})")  # fmt: skip
-    else:
-        print(f"kafka not running (data {info['data_dir']})")
-    return 0 if info["running"] else 3
-
-
-def add_cli(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    """Register ``tickcast kafka up|down|status`` on the CLI's subparsers."""
-    p = sub.add_parser(
-        "kafka",
-        help="a local Kafka broker for development: up, down, status",
-        description=f"A single-node Apache Kafka {KAFKA_VERSION} broker on 127.0.0.1 (KRaft), "
-        "from jars Maven fetches once (deploy/kafka). `up` leaves it running in the background.",
-    )
-    p.add_argument("action", choices=("up", "down", "status"))
-    p.add_argument("--port", type=int, default=9092, help="client port for `up` (default 9092)")
-    p.add_argument(
-        "--data-dir",
-        help="broker data and logs (default $TICKCAST_KAFKA_DATA or ~/.local/state/tickcast/kafka)",
-    )
-    p.add_argument("--json", action="store_true", help="`status` as one JSON object")
-    p.set_defaults(func=_cli)

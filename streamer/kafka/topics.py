@@ -15,7 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from aiokafka.errors import TopicAlreadyExistsError
 from aiokafka.structs import TopicPartition
 
 from streamer.settings import Settings
@@ -95,16 +95,20 @@ async def fetch_metadata(consumer: AIOKafkaConsumer, topic: str) -> None:
 async def read_to_end(
     consumer: AIOKafkaConsumer,
     tps: list[TopicPartition],
-    on_record: Callable[[Any], None],
+    on_batch: Callable[[TopicPartition, list[Any]], None],
     *,
+    end: dict[TopicPartition, int] | None = None,
     stall_s: float = 10.0,
+    max_records: int | None = None,
 ) -> None:
-    """Read `tps` (assigned to `consumer`) from their current positions to the end offsets
-    they had when this was called, calling `on_record(record)` for each record in order.
+    """Read `tps` (assigned to `consumer`) from their current positions to `end` (default:
+    the end offsets they have when this is called), calling `on_batch(tp, records)` with
+    each fetched batch of one partition, in offset order (records past the end left out).
 
-    Raises aiokafka's `KafkaError` if no record arrives for `stall_s` seconds while some
-    partition is still behind (a broker that does not answer)."""
-    end = await consumer.end_offsets(tps)
+    Raises TimeoutError if no record arrives for `stall_s` seconds while some partition is
+    still behind (a broker that does not answer)."""
+    if end is None:
+        end = await consumer.end_offsets(tps)
     loop = asyncio.get_running_loop()
     idle_since = loop.time()
 
@@ -112,11 +116,10 @@ async def read_to_end(
         return [tp for tp in tps if await consumer.position(tp) < end[tp]]
 
     while todo := await behind():
-        got = await consumer.getmany(*todo, timeout_ms=200)
-        for recs in got.values():
-            for rec in recs:
-                on_record(rec)
+        got = await consumer.getmany(*todo, timeout_ms=200, max_records=max_records)
+        for tp, recs in got.items():
+            on_batch(tp, [r for r in recs if r.offset < end[tp]])
         if got:
             idle_since = loop.time()
         elif loop.time() - idle_since > stall_s:
-            raise KafkaError(f"reading {todo[0].topic}: no progress towards its end offsets")
+            raise TimeoutError(f"reading {todo[0].topic}: no progress in {stall_s:g} s")

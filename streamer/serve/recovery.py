@@ -11,6 +11,7 @@ a restarted or moved symbol continues exactly where an uninterrupted run would b
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
@@ -40,15 +41,16 @@ async def restore_partition(
     `restorer`, a consumer of no group), seek `consumer` to the partition's marker, and
     return the partition's progress (where replay starts and publishing resumes).
 
-    Raises aiokafka's `KafkaError` if the state partition cannot be read to its end."""
+    Raises TimeoutError if the state partition cannot be read to its end."""
     s = settings
     stp, ttp = TopicPartition(s.state_topic, p), TopicPartition(s.ticks_topic, p)
     restorer.assign([stp])
     await restorer.seek_to_beginning(stp)
     latest: dict[bytes, bytes | None] = {}
 
-    def keep(rec: object) -> None:
-        latest[rec.key] = rec.value  # type: ignore[attr-defined]
+    def keep(_: TopicPartition, recs: list[Any]) -> None:
+        for rec in recs:
+            latest[rec.key] = rec.value
 
     await read_to_end(restorer, [stp], keep)
     restorer.unsubscribe()  # no background fetching of the state topic

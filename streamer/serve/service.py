@@ -18,7 +18,6 @@ from collections.abc import Callable
 from typing import Any
 
 from model.checkpoint import LoadedModel
-from model.runtime import configure_jax
 from streamer.feed.server import FeedServer
 from streamer.kafka import tuning
 from streamer.lifecycle import run_service
@@ -117,6 +116,6 @@ class ServeService:
 
 
 def serve(settings: Settings, loaded: LoadedModel) -> int:
-    """`tickcast serve`: run until SIGTERM/SIGINT; returns the exit code (130: forced)."""
-    configure_jax(compile_cache=True)
+    """`tickcast serve`: run until SIGTERM/SIGINT; returns the exit code (130: forced). The
+    caller configures JAX first (`model.runtime.configure_jax`), as the CLI does."""
     return run_service(ServeService(settings, loaded), use_uvloop=settings.uvloop)

@@ -1,5 +1,7 @@
-"""Clients of a running instance: `tickcast watch` (the feed protocol's reference client) and
-`tickcast loadtest`. They speak to tickcast over its public interfaces (Kafka topics, the
-websocket feed, /metrics) only, import no JAX, and may import `core`, `kafka` and
-`settings`.
+"""Clients of a running tickcast: `watch` (the feed's reference client) and `loadtest`
+(ticks in, websocket clients out, a capacity report).
+
+They talk to an instance only through its addresses (Kafka, the feed, `/metrics`). May
+import `streamer.core.ticks`, the ground-floor modules (`settings`, `loop`) and their own
+modules; never `model` (no JAX), `streamer.serve`, `streamer.jobs` or `streamer.cli`.
 """

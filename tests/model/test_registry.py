@@ -27,8 +27,8 @@ def test_add_promote_history_and_rollback_twice(tmp_path, tiny_config):
     assert rec["previous"] is None and reg.champion() == v1
     reg.promote(v2, "retrain", scores={"challenger": 1.0})
     reg.promote(v3, "promote")
-    assert [h["version"] for h in reg.history()] == [v1, v2, v3]
-    assert reg.history()[1]["scores"] == {"challenger": 1.0}
+    assert [h["version"] for h in reg.changes()] == [v1, v2, v3]
+    assert reg.changes()[1]["scores"] == {"challenger": 1.0}
     # Rolling back twice goes back two steps, then there is nothing left.
     assert reg.rollback_target() == v2
     reg.promote(v2, "rollback")
@@ -66,7 +66,7 @@ def test_promote_refuses_a_corrupt_checkpoint(tmp_path, tiny_config):
         reg.promote("20000101T000000Z-00000000", "promote")
     with pytest.raises(RegistryError):
         reg.promote("../escape", "promote")
-    assert reg.champion() == good and len(reg.history()) == 1
+    assert reg.champion() == good and len(reg.changes()) == 1
 
 
 def test_remove_refuses_the_champion(tmp_path, tiny_config):

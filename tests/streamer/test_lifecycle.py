@@ -8,7 +8,7 @@ import signal
 
 import pytest
 
-from streamer.lifecycle import event_loop_factory, serve_until_stopped
+from streamer.lifecycle import serve_until_stopped
 
 
 class Recorder:
@@ -76,14 +76,3 @@ def test_first_signal_stops_gracefully_second_cancels() -> None:
     with pytest.raises(asyncio.CancelledError):
         asyncio.run(go2())
     assert svc2.calls == ["start", "main_loop", "shutdown"]
-
-
-def test_event_loop_factory() -> None:
-    assert event_loop_factory(False) is None
-    factory = event_loop_factory(True)
-    if factory is not None:  # uvloop installed (it is a core dependency on Linux)
-        loop = factory()
-        try:
-            assert "uvloop" in type(loop).__module__
-        finally:
-            loop.close()

@@ -22,7 +22,8 @@ import pytest
 from model import checkpoint
 from model.checkpoint import LoadedModel
 from streamer.jobs import replay
-from streamer.kafka.local import LocalBroker, LocalCluster, free_port
+from streamer.kafka.cluster import LocalCluster
+from streamer.kafka.local import LocalBroker, free_port
 from streamer.settings import Settings
 from tests.streamer.harness import (
     check_exactly_once,

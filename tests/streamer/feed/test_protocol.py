@@ -8,8 +8,9 @@ import numpy as np
 import orjson
 import pytest
 
-from streamer.feed.hub import History, Hub
-from streamer.feed.protocol import ERROR_CODES, FeedProtocol, Limits, Outbox
+from streamer.feed.hub import Hub, SnapshotPoints
+from streamer.feed.outbox import Limits, Outbox
+from streamer.feed.protocol import ERROR_CODES, FeedProtocol
 
 
 def forecast(sym: str, seq: int) -> bytes:
@@ -51,7 +52,7 @@ class Conn:
 
 @pytest.fixture
 def hub() -> Hub:
-    return Hub(history=4)
+    return Hub(snapshot_points=4)
 
 
 @pytest.fixture
@@ -63,8 +64,8 @@ def feed(hub: Hub) -> FeedProtocol:
     return f
 
 
-def test_history_keeps_the_last_n_points_in_order() -> None:
-    h = History(n=3, capacity=1)
+def test_snapshot_points_keep_the_last_n_in_order() -> None:
+    h = SnapshotPoints(n=3, capacity=1)
     h.add(["A", "B", "A"], np.array([[1.0] * 5, [10.0] * 5, [2.0] * 5]))
     h.add(["A"] * 5 + ["C"], np.array([[k] * 5 for k in (3.0, 4.0, 5.0, 6.0, 7.0, 30.0)]))
     assert h.get("A")[:, 0].tolist() == [5.0, 6.0, 7.0]
@@ -231,7 +232,7 @@ def test_resync_spam_queues_one_snapshot_per_symbol(hub: Hub, feed: FeedProtocol
 
 
 def test_wildcard_snapshots_come_in_chunks(hub: Hub) -> None:
-    from streamer.feed.protocol import SNAPSHOT_CHUNK
+    from streamer.feed.outbox import SNAPSHOT_CHUNK
 
     feed = FeedProtocol(hub, Limits())
     n = 2 * SNAPSHOT_CHUNK + 5

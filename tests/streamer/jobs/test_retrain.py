@@ -19,10 +19,10 @@ from streamer.jobs.replay import interleave
 from streamer.jobs.retrain import (
     Options,
     RetrainMetrics,
-    group_series,
     loop,
     parse_duration,
 )
+from streamer.jobs.tick_range import group_series
 from streamer.kafka import announcements as models
 from tests.streamer.harness import fresh_settings, produce_raw, tick_records
 
@@ -80,8 +80,8 @@ def test_one_shot_promotes_on_the_new_regime_and_announces(kafka, tmp_path, drif
     assert Path(att["plot"]).is_file() and Path(att["plot"]).parent == reg.plots_dir
     # The registry's champion moved, and serving is told so on the models topic.
     assert reg.champion() == att["challenger"]
-    assert [h["reason"] for h in reg.history()] == ["seed", "retrain"]
-    assert reg.history()[0]["version"] == att["champion"]
+    assert [h["reason"] for h in reg.changes()] == ["seed", "retrain"]
+    assert reg.changes()[0]["version"] == att["champion"]
     latest = _latest(s)
     assert latest is not None and latest["version"] == att["challenger"]
     assert latest["previous"] == att["champion"] and latest["reason"] == "retrain"
@@ -125,7 +125,7 @@ def test_until_selects_and_too_little_is_skipped_with_exit_3(kafka, tmp_path, dr
     assert att["challenger"] is None and att["plot"] is None
     assert att["read"]["out_of_range"] == 3 * (N - 100)
     # The registry was seeded from --model and the seed announced.
-    assert _latest(s)["version"] == reg.champion() and reg.history()[0]["reason"] == "seed"
+    assert _latest(s)["version"] == reg.champion() and reg.changes()[0]["reason"] == "seed"
 
 
 def test_loop_counts_runs_and_failures(kafka, tmp_path, champion_dir):

@@ -1,4 +1,5 @@
-"""The local Kafka of streamer.kafka.local against aiokafka: real brokers, real JVMs."""
+"""The local Kafka (streamer.kafka.local, .cluster, .jars) against aiokafka: real brokers,
+real JVMs; and `tickcast kafka up|down|status`."""
 
 from __future__ import annotations
 
@@ -13,8 +14,9 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from streamer.kafka import local as kafka_local
-from streamer.kafka.local import LocalBroker, LocalCluster, free_port
+from streamer.cli import stream_commands
+from streamer.kafka.cluster import LocalCluster, down, status, up
+from streamer.kafka.local import LocalBroker, free_port
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -188,24 +190,24 @@ def test_cluster_survives_one_node_down(kafka_cluster: LocalCluster) -> None:
 def test_up_status_down(tmp_path: Path) -> None:
     data = tmp_path / "state"
     port = free_port()
-    assert kafka_local.status(data)["running"] is False
+    assert status(data)["running"] is False
     try:
-        broker = kafka_local.up(port, data)
-        info = kafka_local.status(data)
+        broker = up(port, data)
+        info = status(data)
         assert info["running"] and info["ready"]
         assert info["pid"] == broker.pid and info["bootstrap"] == f"127.0.0.1:{port}"
-        again = kafka_local.up(port + 1, data)  # already running: the same broker, its port
+        again = up(port + 1, data)  # already running: the same broker, its port
         assert again.pid == broker.pid and again.bootstrap == broker.bootstrap
         asyncio.run(_create(broker.bootstrap, "up-topic", partitions=1))
 
         parser = argparse.ArgumentParser()
-        kafka_local.add_cli(parser.add_subparsers(dest="command"))
+        stream_commands.register(parser.add_subparsers(dest="command"))
         args = parser.parse_args(["kafka", "status", "--data-dir", str(data)])
         assert args.func(args) == 0
     finally:
-        stopped = kafka_local.down(data)
+        stopped = down(data)
     assert stopped
-    assert kafka_local.status(data)["running"] is False
-    assert kafka_local.down(data) is False
+    assert status(data)["running"] is False
+    assert down(data) is False
     args = parser.parse_args(["kafka", "status", "--data-dir", str(data), "--json"])
     assert args.func(args) == 3

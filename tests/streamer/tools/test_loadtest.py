@@ -95,7 +95,7 @@ def test_plan_validation_and_ramp() -> None:
     with pytest.raises(ValueError, match="per_client"):
         Plan(symbols=5, per_client=6)
     p = Plan(rates=(10.0, 20.0), warmup_s=1.0, step_s=2.0)
-    assert loadtest._target(p, 0.5) == 5 and loadtest._target(p, 4.0) == 10 + 20 + 20
+    assert loadtest.target_ticks(p, 0.5) == 5 and loadtest.target_ticks(p, 4.0) == 10 + 20 + 20
 
 
 def test_a_run_against_a_real_serve(kafka: LocalBroker, tmp_path: Path) -> None:
