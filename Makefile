@@ -37,7 +37,7 @@ test-deploy: $(STAMP) kafka-jars prometheus  ## compose/Dockerfile/Grafana check
 	$(BIN)/pytest tests/deploy
 
 dashboard-shot: $(STAMP) kafka-jars browser  ## browser test, saving bench/results/dashboard.png
-	TICKCAST_SAVE_SCREENSHOT=1 $(BIN)/pytest tests/streamer/test_dashboard.py
+	TICKCAST_SAVE_SCREENSHOT=1 $(BIN)/pytest tests/streamer/e2e/test_dashboard.py
 
 kafka-jars: $(STAMP)  ## fetch the pinned Kafka broker's jars with Maven (once; see deploy/kafka)
 	$(BIN)/python -c 'from streamer.kafka.local import ensure_jars; ensure_jars(quiet=False)'
@@ -48,8 +48,9 @@ test: $(STAMP) kafka-jars browser prometheus  ## lint, type-check and the whole 
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-test-fast: $(STAMP)  ## the suite without the slow training tests
-	$(BIN)/pytest -m 'not slow'
+FAST := not kafka and not browser and not prometheus and not slow and not heavy
+test-fast: $(STAMP)  ## the suite without a broker, browser, Prometheus or training: minutes on 2 cores
+	$(BIN)/pytest -m '$(FAST)'
 
 lint: $(STAMP)  ## ruff lint + format check
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

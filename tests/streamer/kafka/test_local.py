@@ -16,7 +16,7 @@ from aiokafka.structs import OffsetAndMetadata, TopicPartition
 from streamer.kafka import local as kafka_local
 from streamer.kafka.local import LocalBroker, LocalCluster, free_port
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.kafka]  # every test here runs a broker
 
 
 def _topic(prefix: str) -> str:
