@@ -194,8 +194,8 @@ def test_second_instance_joins_and_leaves(
             b = serve_process(s, log_b, client_id="serve-b")
             await asyncio.to_thread(wait_serving, log_b)  # b owns partitions now
             # b leaves once it has served for a while.
-            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 1000,
-                                   "1,000 forecasts from b before it leaves",
+            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 500,
+                                   "500 forecasts from b before it leaves",
                                    match=lambda r: b'"instance":"serve-b"' in r.value)  # fmt: skip
             assert re.search(r"partition \d+: [1-9]\d* symbols restored", log_b.read_text())
             assert stop(b) == 0, log_tail(log_b)
