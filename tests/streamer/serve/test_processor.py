@@ -101,7 +101,7 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
     assert f"tickcast_ticks_consumed_total {float(len(ticks))}" in scrape
     assert f"tickcast_forecasts_published_total {float(len(ticks))}" in scrape
     for name in ("tickcast_tick_to_forecast_seconds_bucket", "tickcast_step_seconds_count",
-                 "tickcast_consumer_lag", "tickcast_live_rmse{loaded=\"persistence\"}",
+                 "tickcast_consumer_lag", "tickcast_live_rmse{model=\"persistence\"}",
                  "tickcast_active_symbols 4.0", "tickcast_model_info"):  # fmt: skip
         assert name in scrape, name
 
