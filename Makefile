@@ -49,7 +49,7 @@ test: $(STAMP) kafka-jars browser prometheus  ## lint, type-check and the whole 
 	$(BIN)/pytest
 
 FAST := not kafka and not browser and not prometheus and not slow and not heavy
-test-fast: $(STAMP)  ## the suite without a broker, browser, Prometheus or training: minutes on 2 cores
+test-fast: $(STAMP)  ## everything without a broker, browser, Prometheus or training (~150 CPU-seconds)
 	$(BIN)/pytest -m '$(FAST)'
 
 lint: $(STAMP)  ## ruff lint + format check
