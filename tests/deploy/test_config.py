@@ -170,12 +170,14 @@ def promtool(*args: str) -> str:
     return run.stdout + run.stderr
 
 
+@pytest.mark.prometheus
 def test_promtool_checks_the_config_and_rules() -> None:
     n_rules = sum(len(g["rules"]) for g in load_yaml(DEPLOY / "prometheus/alerts.yml")["groups"])
     out = promtool("check", "config", "prometheus.yml")
     assert f"SUCCESS: {n_rules} rules found" in out
 
 
+@pytest.mark.prometheus
 def test_promtool_unit_tests_of_the_alerts() -> None:
     """Every alert fires on the series that should fire it and stays quiet before."""
     tested = {

@@ -48,6 +48,8 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "tickcast.json"
 
 N_SYMBOLS, N_TICKS, N_BAD = 20, 3000, 60  # 2% dead letters: above the 1% alert
 SERVE_JOB, RETRAIN_JOB = "tickcast-serve", "tickcast-retrain"
+
+pytestmark = pytest.mark.prometheus  # and kafka, through the `kafka` fixture
 STOCKS_VERSION = json.loads((ROOT / "model/bundled/stocks/metadata.json").read_text())["version"]
 # Grafana's template variables, as a query with "All" instances would get them.
 TEMPLATE = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "5m", "$instance": ".*"}

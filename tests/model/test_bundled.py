@@ -27,6 +27,7 @@ def _report(name: str) -> dict:
     return evaluate(data.load(name), pred.params, pred.config, pred.stats, TrainConfig()).report
 
 
+@pytest.mark.heavy
 def test_bundled_model_beats_persistence_and_ar60_on_electricity_load():
     rep = _report("taylor")
     rmse = rep["model"]["stateful"]["rmse"]
@@ -35,6 +36,7 @@ def test_bundled_model_beats_persistence_and_ar60_on_electricity_load():
     assert rep["model"]["window"]["rmse"] < rep["persistence"]["rmse"]
 
 
+@pytest.mark.heavy
 @pytest.mark.parametrize("name", PRICES)
 def test_bundled_model_on_daily_prices_is_honest(name):
     rep = _report(name)

@@ -39,6 +39,7 @@ def test_changing_the_future_never_changes_past_forecasts(untrained):
         for s in series
     ]
     after = _forecasts(evaluate(changed, params, cfg, stats))
+    assert set(before) == {s.symbol for s in series}  # the loop below checks every symbol
     for sym, (ts, st, win, ar) in before.items():
         _, st2, win2, ar2 = after[sym]
         past = ts <= cut  # forecasts whose target is at or before the cut use only unchanged ticks

@@ -73,6 +73,7 @@ def test_drift_switches_regime_at_half():
         assert s.volume is not None and np.all(s.volume > 0)
 
 
+@pytest.mark.heavy  # fits a champion (module fixture)
 def test_challenger_fine_tuned_on_the_new_regime_is_promoted(promoted, champion):
     a = promoted
     assert a.outcome == "promoted", format_summary(a)
@@ -90,6 +91,7 @@ def test_challenger_fine_tuned_on_the_new_regime_is_promoted(promoted, champion)
     assert 0.7 <= a.scores["challenger"]["coverage90"] <= 1.0
 
 
+@pytest.mark.heavy  # fits a champion (module fixture)
 def test_no_better_challenger_is_rejected(drift, champion, promoted):
     rc = RetrainConfig(margin=0.5, train=TRAIN)
     a = retrain(cut(drift, HALF, N), champion, rc)
@@ -99,6 +101,7 @@ def test_no_better_challenger_is_rejected(drift, champion, promoted):
     assert decide(1.0, 0.98, 0.01)[0] is True and decide(1.0, 0.995, 0.01)[0] is False
 
 
+@pytest.mark.heavy  # fits a champion (module fixture)
 def test_challenger_never_sees_the_evaluation_slice(drift, champion):
     """Changing every price of the evaluation slice changes no challenger weight."""
     data = cut(drift, HALF, N)
@@ -118,6 +121,7 @@ def test_challenger_never_sees_the_evaluation_slice(drift, champion):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.heavy  # fits a champion (module fixture)
 def test_fine_tune_with_no_steps_returns_the_champion(drift, champion):
     tc = dataclasses.replace(RetrainConfig().train_config(), max_steps=0, progress=False)
     r = fit(cut(drift, HALF, N), CONFIG, tc, init=Init(champion.params, champion.stats))
@@ -130,6 +134,7 @@ def test_fine_tune_with_no_steps_returns_the_champion(drift, champion):
         fit(cut(drift, HALF, N), other, tc, init=Init(champion.params, champion.stats))
 
 
+@pytest.mark.heavy  # fits a champion (module fixture)
 def test_too_little_data_is_skipped(drift, champion):
     rc = RetrainConfig(train=TRAIN)
     need = min_ticks(CONFIG, rc)
@@ -140,6 +145,7 @@ def test_too_little_data_is_skipped(drift, champion):
     assert "SKIPPED" in format_summary(a)
 
 
+@pytest.mark.heavy  # fits a champion (module fixture)
 def test_registry_bookkeeping_and_plot(tmp_path, promoted):
     reg = Registry(tmp_path / "reg")
     rc = RetrainConfig(train=TRAIN)

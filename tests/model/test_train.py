@@ -4,12 +4,14 @@ import dataclasses
 
 import jax
 import numpy as np
+import pytest
 
 from model.data import synthetic
 from model.evaluate import evaluate
 from model.train import fit, prepare
 
 
+@pytest.mark.heavy
 def test_training_is_seeded_and_reproducible(tiny_config, tiny_train):
     series = synthetic(2, 400, seed=0)
     a = fit(series, tiny_config, tiny_train)
@@ -25,6 +27,7 @@ def test_training_is_seeded_and_reproducible(tiny_config, tiny_train):
     )
 
 
+@pytest.mark.heavy
 def test_learns_a_seasonal_series_and_beats_persistence(tiny_config, tiny_train):
     series = synthetic(3, 1500, seed=1, kind="seasonal", period=48)
     tc = dataclasses.replace(tiny_train, max_steps=400, eval_every=50)
@@ -36,6 +39,7 @@ def test_learns_a_seasonal_series_and_beats_persistence(tiny_config, tiny_train)
     assert 0.75 <= rep["model"]["stateful"]["coverage90"] <= 0.98
 
 
+@pytest.mark.heavy
 def test_mse_loss_trains_and_keeps_an_interval(tiny_config, tiny_train):
     series = synthetic(1, 400, seed=2)
     result = fit(series, tiny_config, dataclasses.replace(tiny_train, loss="mse"))

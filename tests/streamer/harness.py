@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -23,6 +23,7 @@ from streamer.core.engine import Engine
 from streamer.core.ticks import decode, encode
 from streamer.kafka.topics import ensure_topics
 from streamer.settings import Settings
+from tests.polling import negative_window
 
 ROOT = Path(__file__).resolve().parents[2]
 Tick = tuple[str, int, float, float | None]
@@ -102,7 +103,7 @@ async def read_topic(
                 out += recs
                 last = time.monotonic()
             if expect is not None and len(out) >= expect:
-                await asyncio.sleep(0.5)  # catch duplicates, if any
+                await negative_window(0.5, "duplicate records")  # the caller counts them
                 for recs in (await c.getmany(timeout_ms=300)).values():
                     out += recs
                 break
@@ -111,6 +112,39 @@ async def read_topic(
     finally:
         await c.stop()
     return out
+
+
+async def wait_for_records(
+    bootstrap: str,
+    topic: str,
+    n: int,
+    what: str,
+    *,
+    match: Callable[[Any], bool] | None = None,
+    timeout_s: float = 120.0,
+) -> None:
+    """Block until `n` committed records of `topic` (those `match` accepts, if given) are
+    readable: a stream's progress, to place a fault mid-stream by work done rather than by
+    the clock. AssertionError naming `what` after `timeout_s`."""
+    c = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        enable_auto_commit=False,
+    )
+    await c.start()
+    seen, deadline = 0, time.monotonic() + timeout_s
+    try:
+        while seen < n:
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"timed out after {timeout_s:g} s waiting for {what} ({seen} of {n} records)"
+                )
+            for recs in (await c.getmany(timeout_ms=200)).values():
+                seen += sum(1 for r in recs if match is None or match(r))
+    finally:
+        await c.stop()
 
 
 def forecasts_of(records: list[Any]) -> list[dict[str, Any]]:

@@ -50,6 +50,7 @@ def test_help_on_every_subcommand():
         assert "usage: tickcast " + cmd in tickcast(cmd, "--help").stdout
 
 
+@pytest.mark.heavy
 def test_train_then_evaluate_json_on_any_csv(csv_file: Path, tmp_path: Path):
     model_dir = tmp_path / "model"
     tickcast(
@@ -79,6 +80,7 @@ def test_clear_errors():
     assert tickcast("train", check=False).returncode == 2  # argparse: --data is required
 
 
+@pytest.mark.heavy
 def test_evaluating_on_a_period_the_model_trained_on_is_flagged():
     own = json.loads(tickcast("evaluate", "--data", "msft", "--json").stdout)
     assert own["test_overlaps_training_period"] is False
@@ -87,6 +89,7 @@ def test_evaluating_on_a_period_the_model_trained_on_is_flagged():
     assert "look-ahead" in proc.stderr
 
 
+@pytest.mark.heavy
 def test_train_never_deletes_a_directory_that_is_not_a_model(tmp_path: Path, csv_file: Path):
     (tmp_path / "keep.txt").write_text("mine")
     proc = tickcast("train", "--data", str(csv_file), "--out", str(tmp_path), "--max-steps", "1",

@@ -51,6 +51,8 @@ LIVE = 25  # live points each chart must gain
 TOKEN = "dashboard-test-token"
 BACKLOG = 4 * 150  # sent before the live ticks: full snapshots, past the model's warm-up
 
+pytestmark = pytest.mark.browser  # and kafka, as every test under e2e/
+
 
 def _ready(port: int, timeout: float = 60.0) -> None:
     t0 = time.monotonic()

@@ -24,6 +24,7 @@ from model.checkpoint import LoadedModel
 from streamer.jobs import replay
 from streamer.kafka.cluster import LocalCluster
 from streamer.kafka.local import LocalBroker, free_port
+from streamer.serve.processor import StreamProcessor
 from streamer.settings import Settings
 from tests.streamer.harness import (
     check_exactly_once,
@@ -32,6 +33,7 @@ from tests.streamer.harness import (
     read_topic,
     reference,
     serve_process,
+    wait_for_records,
     wait_serving,
 )
 
@@ -55,6 +57,13 @@ def wait_serving_after(log: Path, mark: int, parts: int, timeout: float = 180.0)
             return
         time.sleep(0.1)
     raise AssertionError(f"serve did not start consuming in {timeout} s")
+
+
+def state_records(server: StreamProcessor) -> float:
+    """State records the server has written so far."""
+    value = server.metrics.registry.get_sample_value("tickcast_state_records_total")
+    assert value is not None
+    return value
 
 
 def log_tail(log: Path) -> str:
@@ -90,7 +99,8 @@ def test_kill_9_at_random_points_then_restart(
         kills = 0
         try:
             while kills < 3:
-                await asyncio.sleep(rng.uniform(0.5, 2.0))  # serving at a random moment
+                # Deliberate fault timing, not a wait: kill at a random moment of serving.
+                await asyncio.sleep(rng.uniform(0.5, 2.0))
                 proc.kill()  # SIGKILL: no cleanup at all
                 proc.wait()
                 kills += 1
@@ -128,9 +138,11 @@ def outage_run(
         try:
             await asyncio.to_thread(wait_serving, log)
             feed = asyncio.create_task(stream_part(s, ticks, rate=rate))
-            await asyncio.sleep(2.5)  # ticks are flowing and being served
+            # Mid-stream by progress, not by the clock: a third of the forecasts committed.
+            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, len(ticks) // 3,
+                                   "a third of the forecasts before the outage")  # fmt: skip
             down()
-            await asyncio.sleep(2.0)
+            await asyncio.sleep(2.0)  # the outage's length (part of the fault, not a wait)
             up()
             await feed
             fc = await read_topic(
@@ -177,10 +189,15 @@ def test_second_instance_joins_and_leaves(
         feed = asyncio.create_task(stream(s, 12, n, rate=1000))
         a = serve_process(s, log_a, client_id="serve-a")
         try:
-            await asyncio.sleep(4.0)
+            # b joins mid-stream, by progress rather than the clock: once a is serving.
+            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 1000,
+                                   "1,000 forecasts from a before b joins")  # fmt: skip
             b = serve_process(s, log_b, client_id="serve-b")
             await asyncio.to_thread(wait_serving, log_b)  # b owns partitions now
-            await asyncio.sleep(4.0)
+            # b leaves once it has served for a while.
+            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 500,
+                                   "500 forecasts from b before it leaves",
+                                   match=lambda r: b'"instance":"serve-b"' in r.value)  # fmt: skip
             assert re.search(r"partition \d+: [1-9]\d* symbols restored", log_b.read_text())
             assert stop(b) == 0, log_tail(log_b)
             await feed
@@ -228,7 +245,6 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
     the marker and must drop the ticks such a record already holds (`skip_applied`), or it
     would apply them twice and every later forecast of that symbol would differ."""
     from streamer.kafka.topics import ensure_topics
-    from streamer.serve.processor import StreamProcessor
 
     s = fresh_settings(kafka.bootstrap, checkpoint_max_records=1, checkpoint_interval_s=0.3,
                        precompile=False)  # fmt: skip
@@ -248,10 +264,12 @@ def test_crash_mid_checkpoint_round_resumes_exactly(
         seen: dict[tuple[int, int], tuple[float, int]] = {}  # round -> (records, batches)
         while not feed.done() and not crashed:  # until a round is half written, committed
             await asyncio.sleep(0.001)
-            written = first.metrics.state_records._value.get()
+            written: float | None = None  # read only when needed: it collects the registry
             for p, st in list(first.parts.items()):
                 if st.round is None or first.counters.batches < 10:
                     continue
+                if written is None:
+                    written = state_records(first)
                 r0, b0 = seen.setdefault((p, st.round_start), (written, first.counters.batches))
                 # Two records out and three batches since: the first chunks' transactions
                 # have committed (a batch starts sending only after the one before it).

@@ -31,6 +31,7 @@ from streamer.kafka.local import LocalBroker, free_port
 from streamer.serve.follower import ModelFollower
 from streamer.serve.processor import StreamProcessor
 from streamer.settings import Settings
+from tests.polling import until
 from tests.streamer.core.test_swap import perturbed
 from tests.streamer.harness import (
     Tick,
@@ -48,9 +49,15 @@ def stocks() -> LoadedModel:
     return checkpoint.load("model/bundled/stocks")
 
 
-def counter(server: StreamProcessor, name: str, label: str | None = None) -> float:
-    metric = getattr(server.metrics, name)
-    return float((metric.labels(label) if label else metric)._value.get())
+REFUSED = "tickcast_model_refused_total"
+
+
+def sample(server: StreamProcessor, series: str, reason: str | None = None) -> float:
+    """One sample of the server's registry, by its exported name (counters end `_total`)."""
+    labels = {"reason": reason} if reason else None
+    value = server.metrics.registry.get_sample_value(series, labels)
+    assert value is not None, (series, labels)
+    return value
 
 
 async def live(settings: Settings, server: StreamProcessor, body: Any) -> Any:
@@ -68,14 +75,6 @@ async def live(settings: Settings, server: StreamProcessor, body: Any) -> Any:
     finally:
         stop.set()
         await asyncio.gather(*tasks)
-
-
-async def until(cond: Any, timeout: float = 60.0) -> None:
-    for _ in range(int(timeout / 0.05)):
-        if cond():
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"not reached in {timeout} s")
 
 
 def test_swap_mid_stream_loses_no_tick_and_tags_every_forecast(
@@ -105,20 +104,20 @@ def test_swap_mid_stream_loses_no_tick_and_tags_every_forecast(
                 settings.kafka_bootstrap, settings.ticks_topic, ticks(), rate=3000, progress=False
             )
         )
-        await until(lambda: server.counters.forecasts > 3000)
+        await until(lambda: server.counters.forecasts > 3000, 60, "3,000 forecasts")
         await announce(
             settings.kafka_bootstrap,
             settings.models_topic,
             {"version": v_new, "reason": "test", "scores": {"challenger": 1.0}},
         )
-        await until(lambda: server.engine.version == v_new, timeout=120)
+        await until(lambda: server.engine.version == v_new, 120, "the swap to the new version")
         swapped_at.append(time.monotonic())
         await feeder
-        await until(lambda: server.counters.forecasts == len(sent))
+        await until(lambda: server.counters.forecasts == len(sent), 60, "a forecast per tick sent")
 
     asyncio.run(live(settings, server, body))
-    assert counter(server, "swaps") == 1
-    pause = server.metrics.model_swap_pause_seconds._sum.get()
+    assert sample(server, "tickcast_model_swaps_total") == 1
+    pause = sample(server, "tickcast_model_swap_pause_seconds_sum")
     print(f"\nswap: {len(sent)} ticks, final round {pause * 1000:.1f} ms")
     assert pause < 0.5  # the final round, between batches
 
@@ -205,11 +204,12 @@ def test_bad_versions_are_refused_and_the_old_model_keeps_serving(
                 progress=False,
             )
         )
-        await until(lambda: server.counters.forecasts > 200)
+        await until(lambda: server.counters.forecasts > 200, 60, "200 forecasts")
         for v in (v_corrupt, v_units, v_feats, v_trunc, "20990101T000000Z-deadbeef"):
             before = follower.applied
             await announce(settings.kafka_bootstrap, settings.models_topic, {"version": v})
-            await until(lambda: follower.applied > before)  # noqa: B023 - awaited here
+            handled = f"the follower to handle {v}"
+            await until(lambda: follower.applied > before, 60, handled)  # noqa: B023
             assert server.engine.version == stocks.version
         from aiokafka import AIOKafkaProducer
 
@@ -217,15 +217,15 @@ def test_bad_versions_are_refused_and_the_old_model_keeps_serving(
         await producer.start()
         await producer.send_and_wait(settings.models_topic, b"{not json", key=b"champion")
         await producer.stop()
-        await until(lambda: counter(server, "refused", "invalid") == 1)
+        await until(lambda: sample(server, REFUSED, "invalid") == 1, 60, "the refusal of non-JSON")
         await feeder
-        await until(lambda: server.counters.forecasts == len(ticks))
+        await until(lambda: server.counters.forecasts == len(ticks), 60, "a forecast per tick")
 
     asyncio.run(live(settings, server, body))
-    assert counter(server, "refused", "corrupt") == 2  # flipped weights, truncated metadata
-    assert counter(server, "refused", "mismatch") == 2  # units, features
-    assert counter(server, "refused", "missing") == 1
-    assert counter(server, "swaps") == 0
+    assert sample(server, REFUSED, "corrupt") == 2  # flipped weights, truncated metadata
+    assert sample(server, REFUSED, "mismatch") == 2  # units, features
+    assert sample(server, REFUSED, "missing") == 1
+    assert sample(server, "tickcast_model_swaps_total") == 0
     fc = forecasts_of(
         asyncio.run(
             read_topic(settings.kafka_bootstrap, settings.forecasts_topic, expect=len(ticks))
@@ -252,10 +252,10 @@ def test_a_restarted_server_adopts_the_announced_champion(
     server = StreamProcessor(settings, stocks)
 
     async def body(follower: ModelFollower) -> None:
-        await until(lambda: server.engine.version == v_a)
+        await until(lambda: server.engine.version == v_a, 60, "the announced champion")
 
     asyncio.run(live(settings, server, body))
-    assert counter(server, "swaps") == 1
+    assert sample(server, "tickcast_model_swaps_total") == 1
 
 
 START, ROUND_MS = 1_700_000_000_000, 10_000_000

@@ -38,6 +38,7 @@ from streamer.feed.server import FeedServer
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker
 from streamer.serve.processor import StreamProcessor
+from tests.polling import negative_window, until, wait_until
 from tests.streamer.harness import ROOT, fresh_settings, produce_raw, read_topic, tick_records
 
 T = TypeVar("T")
@@ -80,8 +81,7 @@ class Stack:
         self.feed = await self.feed_server()
         before = await asyncio.to_thread(http_status, self.http("/readyz"))
         self.task = asyncio.create_task(self.server.run(self.stop))
-        while not self.server.ready:
-            await asyncio.sleep(0.05)
+        await until(lambda: self.server.ready, 120, "the processor to own its partitions")
         return before
 
     async def feed_server(self, **overrides: Any) -> FeedServer:
@@ -187,8 +187,10 @@ def test_http_endpoints_share_the_feed_port(stack: Stack) -> None:
 
 def test_subscribe_snapshot_updates_heartbeat_resync_unsubscribe(stack: Stack) -> None:
     async def go() -> None:
+        before = stack.server.counters.forecasts
         await stack.produce(70)  # history before anyone subscribes
-        await asyncio.sleep(1.0)
+        await until(lambda: stack.server.counters.forecasts >= before + 70 * len(SYMBOLS), 60,
+                    "the 70 ticks of each symbol in the hub")  # fmt: skip
         async with peer(stack.feed.url) as p:
             hello = p.log[0]
             assert hello["version"] == 1 and hello["heartbeat_interval"] == 1.0
@@ -374,7 +376,7 @@ def test_message_rate_limit(stack: Stack) -> None:
                     if m["type"] != "heartbeat":
                         kinds.append(m.get("code", m["type"]))
                 assert 8 <= kinds.count("pong") <= 12 and kinds.count("rate_limited") == 1
-                await asyncio.sleep(1.0)
+                await asyncio.sleep(1.0)  # not a wait for an event: the token bucket refills
                 await p.send({"op": "ping", "id": "later"})
                 assert (await p.until("pong"))["id"] == "later"
 
@@ -419,7 +421,10 @@ def test_watch_prints_live_forecasts(stack: Stack) -> None:
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT,
     )  # fmt: skip
     try:
-        time.sleep(3.0)  # let it subscribe (imports take a moment)
+        # Until its subscription is in (imports take a moment), or it exited (asserted below).
+        wait_until(lambda: proc.poll() is not None or any(
+            "GOOG" in c.symbols for c in list(stack.feed.feed.clients.values())
+        ), 60, "`tickcast watch` to subscribe to GOOG")  # fmt: skip
         stack.call(stack.produce(8, ["GOOG"]))
         out, err = proc.communicate(timeout=60)
     finally:
@@ -508,7 +513,8 @@ def test_a_stalled_client_is_conflated_then_closed_and_others_keep_pace(stack: S
             expected, deadline = n_ok * rounds * len(SYMBOLS), time.monotonic() + 60
             while len(lat) + conflated[0] < expected and time.monotonic() < deadline:
                 await asyncio.sleep(0.1)
-            await asyncio.sleep(0.5)  # nothing more may follow: an excess fails the count too
+            # Nothing more may follow: an excess delivery fails the count too.
+            await negative_window(0.5, "deliveries beyond the expected count")
             stop.set()
             await asyncio.gather(*tasks)
             closed = None
@@ -526,9 +532,9 @@ def test_a_stalled_client_is_conflated_then_closed_and_others_keep_pace(stack: S
 
     try:
         base = asyncio.run(phase(49, False, 8.0))
-        closed_before = stack.server.metrics.feed_closed.labels("slow")._value.get()
+        closed_before = closed_slow(stack)
         slow = asyncio.run(phase(49, True, 8.0))
-        closed_after = stack.server.metrics.feed_closed.labels("slow")._value.get()
+        closed_after = closed_slow(stack)
     finally:
         stack.call(fs.close())
     b50, b95 = np.percentile(base["lat"], [50, 95])
@@ -550,6 +556,14 @@ def test_a_stalled_client_is_conflated_then_closed_and_others_keep_pace(stack: S
     assert max(rss) - min(rss) < 200, f"RSS grew {min(rss):.0f} -> {max(rss):.0f} MB"
     assert closed_after - closed_before == 1
     assert slow["closed"], "the stalled client's connection was not closed"
+
+
+def closed_slow(stack: Stack) -> float:
+    """Feed connections the server closed for being too slow, so far."""
+    registry = stack.server.metrics.registry
+    value = registry.get_sample_value("tickcast_feed_closed_total", {"reason": "slow"})
+    assert value is not None
+    return value
 
 
 def drain_until_closed(sock: socket.socket, timeout: float = 20) -> bool:

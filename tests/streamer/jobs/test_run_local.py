@@ -14,6 +14,7 @@ import urllib.request
 from pathlib import Path
 
 import orjson
+import pytest
 from websockets.asyncio.client import connect
 
 from streamer.kafka.local import free_port
@@ -42,6 +43,7 @@ def scrape(port: int) -> dict[str, float]:
     return out
 
 
+@pytest.mark.kafka  # `tickcast run` starts its own broker in a subprocess
 def test_run_starts_the_whole_product_and_ctrl_c_stops_it(tmp_path: Path) -> None:
     feed_port, metrics_port = free_port(), free_port()
     log = tmp_path / "run.log"

@@ -18,7 +18,7 @@ from streamer.cli import stream_commands
 from streamer.kafka.cluster import LocalCluster, down, status, up
 from streamer.kafka.local import LocalBroker, free_port
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.kafka]  # every test here runs a broker
 
 
 def _topic(prefix: str) -> str:

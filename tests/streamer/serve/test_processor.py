@@ -22,6 +22,7 @@ from streamer.kafka.local import LocalBroker, free_port
 from streamer.metrics import Metrics, close_http, serve_http
 from streamer.serve.processor import StreamProcessor
 from streamer.settings import Settings
+from tests.polling import until
 from tests.streamer.core.test_engine import head, offline
 from tests.streamer.harness import (
     Tick,
@@ -45,10 +46,8 @@ async def serve_until(server: StreamProcessor, done: Any, timeout: float = 120.0
     stop = asyncio.Event()
     task = asyncio.create_task(server.run(stop))
     try:
-        for _ in range(int(timeout / 0.05)):
-            if done() or task.done():
-                break
-            await asyncio.sleep(0.05)
+        # A server that stopped early ends the wait too: awaiting its task raises its error.
+        await until(lambda: done() or task.done(), timeout, "the server to finish the test's ticks")
     finally:
         stop.set()
         await task
@@ -155,12 +154,14 @@ def test_malformed_ticks_go_to_the_dlq_with_reasons(
         server = StreamProcessor(s, stocks)
         stop = asyncio.Event()
         task = asyncio.create_task(server.run(stop))
-        while server.counters.ticks < 20:
-            await asyncio.sleep(0.05)
-        await produce_raw(s, records[20:])
-        while server.counters.ticks < len(records) and not task.done():
-            await asyncio.sleep(0.05)
-        stop.set()
+        try:
+            await until(lambda: server.counters.ticks >= 20 or task.done(), 120,
+                        "the first 20 ticks to be consumed")  # fmt: skip
+            await produce_raw(s, records[20:])
+            await until(lambda: server.counters.ticks >= len(records) or task.done(), 300,
+                        f"all {len(records)} ticks, good and bad, to be consumed")  # fmt: skip
+        finally:
+            stop.set()
         await task
         dlq = await read_topic(s.kafka_bootstrap, s.dlq_topic, expect=n_bad)
         fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=len(good))
@@ -187,7 +188,7 @@ def test_settings_reach_the_server(kafka: LocalBroker, stocks: LoadedModel) -> N
 
     server = asyncio.run(go())
     assert len(server.engine) == 3  # the bound holds; the others were evicted
-    assert server.metrics.evictions._value.get() > 0
+    assert server.metrics.registry.get_sample_value("tickcast_evictions_total") > 0
     assert any(e["type"] == "evicted" for e in server.hub.events)
 
 
