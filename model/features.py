@@ -159,11 +159,26 @@ def history_features(
     return np.stack(cols, axis=-1).astype(np.float32)
 
 
+def volume_pairs(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(now, previous)` volume of each tick `[time]` as the live engine sees them: a
+    missing (NaN) volume repeats the last known one, and a tick where either is still
+    unknown gets 0 for both (no change)."""
+    v = np.asarray(volume, np.float64)
+    gaps = np.isnan(v)
+    if gaps.any():
+        idx = np.where(gaps, 0, np.arange(len(v)))
+        np.maximum.accumulate(idx, out=idx)
+        v = v[idx]
+    prev = np.concatenate([v[:1], v[:-1]])
+    unknown = np.isnan(v) | np.isnan(prev)
+    return np.where(unknown, 0.0, v), np.where(unknown, 0.0, prev)
+
+
 def featurize(config: ModelConfig, stats: FeatureStats, s: Series) -> np.ndarray:
     """All rows of a series `[time, features]`; row t uses ticks t-window+1 .. t only."""
-    prev_v = None if s.volume is None else np.concatenate([s.volume[:1], s.volume[:-1]])
+    v_now, v_prev = (None, None) if s.volume is None else volume_pairs(s.volume)
     return history_features(
-        config, stats, s.ts, _histories(s.price, config.window), s.volume, prev_v
+        config, stats, s.ts, _histories(s.price, config.window), v_now, v_prev
     )
 
 
@@ -174,7 +189,9 @@ def fit_stats(train: list[Series], window: int = 60) -> FeatureStats:
         raise ValueError("need at least 3 training rows to fit feature statistics")
     dv = np.concatenate(
         [
-            np.diff(np.log1p(s.volume)) if s.volume is not None else np.zeros(len(s) - 1)
+            np.subtract(*np.log1p(volume_pairs(s.volume)))[1:]
+            if s.volume is not None
+            else np.zeros(len(s) - 1)
             for s in train
         ]
     )

@@ -20,12 +20,13 @@ BAD: list[tuple[bytes | None, bytes | None, str]] = [
     (b'{"symbol": "X", "price": 1.0}', b"X", "missing_field"),
     (b'{"symbol": "X", "ts": 1}', b"X", "missing_field"),
     (b'{"symbol": 7, "ts": 1, "price": 1.0}', None, "bad_type"),
-    (b'{"symbol": "X", "ts": "1", "price": 1.0}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1.5, "price": 1.0}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": true, "price": 1.0}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": "1.0"}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": null}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": "3"}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": "soon", "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 1700000000000.5, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": true, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 1, "price": "1.0x"}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1, "price": null}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1, "price": [1]}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": "lots"}', b"X", "bad_type"),
     (b'{"symbol": "", "ts": 1, "price": 1.0}', None, "bad_symbol"),
     (b'{"symbol": "' + b"A" * 65 + b'", "ts": 1, "price": 1.0}', None, "bad_symbol"),
     (b'{"symbol": "X", "ts": 1, "price": 1.0}', b"Y", "key_mismatch"),
@@ -34,18 +35,19 @@ BAD: list[tuple[bytes | None, bytes | None, str]] = [
     (b'{"symbol": "X", "ts": 1, "price": 0}', b"X", "bad_price"),
     (b'{"symbol": "X", "ts": 1, "price": -3.5}', b"X", "bad_price"),
     (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": -1}', b"X", "bad_volume"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": NaN}', b"X", "bad_volume"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": Infinity}', b"X", "bad_volume"),
     (b'{"symbol": "X", "ts": -1, "price": 1.0}', b"X", "bad_ts"),
-    (b'{"symbol": "X", "ts": 1700000000000000, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 1700000000000000000000, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 9000000000000, "price": 1.0}', b"X", "bad_ts"),  # ms in 2255
 ]
 
 
 def test_good_tick_decodes_exactly() -> None:
-    good, bad = decode([GOOD, encode("IBM", 5, 2.5)], [b"MSFT", b"IBM"])
+    good, bad = decode([GOOD, encode("IBM", 1700000000005, 2.5)], [b"MSFT", b"IBM"])
     assert bad == []
     assert good.symbols == ["MSFT", "IBM"]
     ts, price, vol = as_arrays(good)
-    assert ts.tolist() == [1700000000000, 5]
+    assert ts.tolist() == [1700000000000, 1700000000005]
     assert price.tolist() == [371.25, 2.5]
     assert vol[0] == 1200.0 and math.isnan(vol[1])
     assert good.index == [0, 1]
