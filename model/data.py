@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model.tickfile import ReadOptions, read_ticks
+from model.tickfile import FileRead, ReadOptions, read_ticks
 
 __all__ = [
     "BUNDLED",
@@ -22,6 +22,7 @@ __all__ = [
     "load_csv",
     "split_times",
     "synthetic",
+    "to_series",
 ]
 
 DATASETS = Path(__file__).resolve().parent / "datasets"
@@ -113,11 +114,19 @@ def load_csv(path: str | Path, opts: ReadOptions | None = None) -> list[Series]:
     if got.no_price and opts.strict:
         raise DataError(got.where(got.no_price[0]) + f" ({len(got.no_price)} such rows; --strict)")
     got.warn_no_price()
+    if not got.ticks:
+        raise DataError(
+            f"{path}: no rows" + (f" (skipped: {dict(got.skipped)})" if got.skipped else "")
+        )
+    return to_series(got)
+
+
+def to_series(got: FileRead) -> list[Series]:
+    """The accepted ticks of a file, one `Series` per symbol (first-seen order), each sorted
+    by time; equal timestamps keep file order."""
     per: dict[str, list[tuple[int, float, float]]] = {}
     for _, t in got.ticks:
         per.setdefault(t.symbol, []).append((t.ts, t.price, t.volume))
-    if not per:
-        raise DataError(f"{path}: no rows" + (f" (skipped: {dict(got.skipped)})" if got.skipped else ""))
     out = []
     for sym, rows in per.items():
         rows.sort(key=lambda r: r[0])  # stable: equal timestamps keep file order

@@ -177,9 +177,7 @@ def volume_pairs(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 def featurize(config: ModelConfig, stats: FeatureStats, s: Series) -> np.ndarray:
     """All rows of a series `[time, features]`; row t uses ticks t-window+1 .. t only."""
     v_now, v_prev = (None, None) if s.volume is None else volume_pairs(s.volume)
-    return history_features(
-        config, stats, s.ts, _histories(s.price, config.window), v_now, v_prev
-    )
+    return history_features(config, stats, s.ts, _histories(s.price, config.window), v_now, v_prev)
 
 
 def fit_stats(train: list[Series], window: int = 60) -> FeatureStats:

@@ -44,7 +44,7 @@ import orjson
 
 from model.tickparse import Bad, Format, Skip, Tick, make_format
 
-__all__ = ["FileRead", "ReadOptions", "Row", "read_ticks"]
+__all__ = ["FileRead", "ReadOptions", "Row", "add_read_arguments", "read_options", "read_ticks"]
 
 log = logging.getLogger("model.data")
 
@@ -87,6 +87,22 @@ class FileRead:
 
     def where(self, row: Row) -> str:
         return f"{self.path}:{row.line}: {row.detail} ({row.reason})"
+
+    def summary(self) -> str:
+        """One line: valid ticks, skipped rows (no price, non-tick messages) and rejected
+        rows with the first one's file, line and reason."""
+        skipped = len(self.no_price) + sum(self.skipped.values())
+        why = dict(self.skipped)
+        if self.no_price:
+            why["no_price"] = len(self.no_price)
+        text = (
+            f"{self.path}: {len(self.ticks)} valid ticks, {skipped} skipped"
+            + (f" {why}" if why else "")
+            + f", {len(self.rejected)} rejected"
+        )
+        if self.rejected:
+            text += f" (first: {self.where(self.rejected[0])})"
+        return text
 
     def warn_no_price(self) -> None:
         """One warning for all rows without a price (count, first line numbers)."""
@@ -248,3 +264,33 @@ def read_ticks(path: str | Path, opts: ReadOptions | None = None) -> FileRead:
     except csv.Error as e:
         raise DataError(f"{path}: {e}") from None
     return out
+
+
+def add_read_arguments(parser: Any) -> None:
+    """The file commands' flags (train, evaluate, replay): `--format`, `--ts-unit`,
+    `--symbol`, `--price-column`, `--strict`. `parser` is an `argparse.ArgumentParser`."""
+    g = parser.add_argument_group("input file (CSV or JSON lines; README: Bring your own data)")
+    g.add_argument(
+        "--format",
+        default="tickcast",
+        help="tickcast (CSV columns or JSON ticks), binance, coinbase (JSON lines), "
+        "or fields:symbol=KEY,price=KEY,ts=KEY[,volume=KEY] (default tickcast)",
+    )
+    g.add_argument("--ts-unit", default="auto", choices=("auto", "s", "ms", "us", "ns"),
+                   help="epoch unit of numeric timestamps (default auto: per value)")  # fmt: skip
+    g.add_argument("--symbol", help="symbol of a file without a symbol column (default: stem)")
+    g.add_argument("--price-column", metavar="NAME",
+                   help="CSV price column (default price, else Adj Close, else Close)")  # fmt: skip
+    g.add_argument("--strict", action="store_true",
+                   help="refuse a file with rows without a price (default: skip them)")  # fmt: skip
+
+
+def read_options(ns: Any) -> ReadOptions:
+    """`ReadOptions` from parsed flags (absent flags: the defaults)."""
+    return ReadOptions(
+        format=getattr(ns, "format", None) or "tickcast",
+        ts_unit=getattr(ns, "ts_unit", None),
+        symbol=getattr(ns, "symbol", None),
+        price_column=getattr(ns, "price_column", None),
+        strict=bool(getattr(ns, "strict", False)),
+    )

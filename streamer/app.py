@@ -40,7 +40,7 @@ from streamer.engine import MARKER_KEY, Engine, decode_marker, encode_marker
 from streamer.hub import Hub, payloads, points_of
 from streamer.metrics import Metrics, close_http, serve_http
 from streamer.settings import Settings
-from streamer.ticks import decode
+from streamer.ticks import decode, make_format
 
 if TYPE_CHECKING:
     from streamer.server import FeedServer
@@ -139,6 +139,7 @@ class Stats:
     ticks: int = 0
     forecasts: int = 0
     rejected: int = 0
+    skipped: int = 0  # non-tick messages of the format (acks, heartbeats, open klines)
     replayed: int = 0
     sessions: int = 0
     assigned: list[list[int]] = field(default_factory=list)
@@ -155,6 +156,7 @@ class Server:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.format = make_format(settings.format, settings.ts_unit)  # ValueError: refused
         self.engine = Engine(predictor, settings.max_symbols, settings.idle_evict_s)
         self.hub = hub or Hub(settings.feed_history)
         self.metrics = metrics or Metrics()
@@ -468,7 +470,7 @@ class Server:
                 advanced[tp.partition] = max(st.next_offset, recs[-1].offset + 1)
         if not values:
             return None
-        decoded, bad = decode(values, keys)
+        decoded, bad = decode(values, keys, self.format)
         partition = np.asarray(part, np.int32)
         offset = np.asarray(offs, np.int64)
         applied = self.engine.apply(decoded, partition, offset, skip_applied=True)
@@ -508,6 +510,9 @@ class Server:
         m.replayed.inc(int((~fresh).sum()))
         for reason, n in Counter(r.reason for r in rejected).items():
             m.rejected.labels(reason).inc(n)
+        for reason, n in Counter(r.reason for r in decoded.skipped).items():
+            m.skipped.labels(reason).inc(n)
+        self.stats.skipped += len(decoded.skipped)
         m.batch.observe(len(values))
         m.step.observe(applied.step_s)
         m.record_errors(f.sq_err_model, f.sq_err_persistence, f.n_err, f.version)

@@ -86,9 +86,10 @@ def _train(args: argparse.Namespace) -> int:
     from model import checkpoint, data
     from model.config import ModelConfig, TrainConfig
     from model.features import auto_features
+    from model.tickfile import read_options
     from model.train import describe, fit, training_part
 
-    series = data.load(args.data)
+    series = data.load(args.data, read_options(args))
     tc = TrainConfig(
         seed=args.seed, loss=args.loss, learning_rate=args.lr, batch_size=args.batch_size,
         max_steps=args.max_steps, max_seconds=args.max_seconds, progress=not args.no_progress,
@@ -119,7 +120,7 @@ def _train(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.evaluate:
-        ns = argparse.Namespace(data=args.data, model=args.out, json=False, plot=None)
+        ns = argparse.Namespace(**{**vars(args), "model": args.out, "json": False, "plot": None})
         return _evaluate(ns)
     return 0
 
@@ -128,8 +129,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model import checkpoint, data
     from model.config import TrainConfig
     from model.evaluate import evaluate, format_table, plot
+    from model.tickfile import read_options
 
-    series = data.load(args.data)
+    series = data.load(args.data, read_options(args))
     model_dir = args.model or _bundled_model(args.data)
     if model_dir is None:
         print(
@@ -296,6 +298,8 @@ def _replay(args: argparse.Namespace) -> int:
     import asyncio
 
     from model import data
+    from model.data import DataError
+    from model.tickfile import read_options, read_ticks
     from streamer import replay
     from streamer.app import ensure_topics
     from streamer.settings import from_args
@@ -307,10 +311,24 @@ def _replay(args: argparse.Namespace) -> int:
         ticks = replay.synthetic(args.synthetic, total, seed=args.seed, start_ms=start)
         label = f"{args.synthetic} synthetic symbols"
     else:
-        series = data.load(args.data)
-        total = sum(len(s) for s in series)
+        # Validated with the parser serve uses: only ticks serve would accept are sent.
+        path = data.bundled_path(args.data) if args.data in data.BUNDLED else Path(args.data)
+        if not path.is_file():
+            raise DataError(f"{args.data!r} is neither a file nor a bundled data set")
+        got = read_ticks(path, read_options(args))
+        print(got.summary(), file=sys.stderr)
+        if not got.ticks:
+            print("error: nothing valid to send", file=sys.stderr)
+            return 1
+        if args.strict and (got.rejected or got.no_price):
+            print("error: invalid rows (--strict); nothing sent", file=sys.stderr)
+            return 2
+        series = data.to_series(got)
+        total = len(got.ticks)
         ticks = replay.interleave(series)
         label = f"{args.data} ({len(series)} symbols)"
+        n_skip = len(got.no_price) + sum(got.skipped.values())
+        label += f"; {n_skip} skipped, {len(got.rejected)} rejected, not sent"
     rate = None if args.rate == "max" else float(args.rate)
     if rate is not None and rate <= 0:
         raise ValueError("--rate must be > 0 or 'max'")
@@ -327,8 +345,8 @@ def _replay(args: argparse.Namespace) -> int:
         )
 
     res = asyncio.run(go())
-    print(f"replayed {res.sent} ticks of {label} in {res.seconds:.1f} s ({res.rate:,.0f}/s)")
-    return 0
+    print(f"sent {res.sent} ticks of {label} in {res.seconds:.1f} s ({res.rate:,.0f}/s)")
+    return 0 if res.sent else 1
 
 
 def _retrain(args: argparse.Namespace) -> int:
@@ -393,6 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Streaming real-time price forecaster: a stateful Flax LSTM per symbol.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    from model.tickfile import add_read_arguments
     from streamer import kafka_local, settings
 
     p = sub.add_parser(
@@ -406,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     settings.add_arguments(
         p,
         [n for n in settings.NAMES
-         if n not in ("kafka_bootstrap", "replication", "instance", "group")],
+         if n not in ("kafka_bootstrap", "replication", "instance", "group", "format",
+                      "ts_unit")],
     )  # fmt: skip
     p.set_defaults(func=_run)
 
@@ -484,6 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="model directory to write (replaced if present)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
     _add_train_args(p)
+    add_read_arguments(p)
     p.set_defaults(func=_train)
 
     p = sub.add_parser("evaluate", help="walk-forward test-split scores vs persistence and AR(60)",
@@ -493,6 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="model directory (default: the bundled model of --data)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--plot", metavar="PNG", help="write real vs predicted with the 90%% band")
+    add_read_arguments(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("datasets", help="list the bundled real series")
@@ -519,6 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--start-ms", type=int, help="with --synthetic: first tick time (default: now)")
     p.add_argument("--rate", default="max", help="ticks per second, or 'max' (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_read_arguments(p)
     settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "partitions", "replication"])
     p.set_defaults(func=_replay)
 
@@ -589,7 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="with --every: Prometheus metrics port (default 9301; 0: none)",
     )
     settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "models_topic", "registry",
-                               "model", "replication", "log_level"])  # fmt: skip
+                               "model", "replication", "log_level", "format",
+                               "ts_unit"])  # fmt: skip
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("models", help="the model registry: list, promote VERSION, rollback",

@@ -20,7 +20,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from streamer.ticks import REASONS
+from streamer.ticks import REASONS, SKIP_REASONS
 
 # Sub-millisecond buckets first: a step is tens of microseconds, a batch a few ms.
 LATENCY_BUCKETS = (
@@ -54,6 +54,14 @@ class Metrics:
         )
         for reason in REASONS:
             self.rejected.labels(reason)
+        self.skipped = Counter(
+            "tickcast_ticks_skipped",
+            "Messages of the ticks format that are not ticks (acks, heartbeats, open klines)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SKIP_REASONS:
+            self.skipped.labels(reason)
         self.forecasts = Counter("tickcast_forecasts_published", "Forecasts published", registry=r)
         self.replayed = Counter(
             "tickcast_ticks_replayed",

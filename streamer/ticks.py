@@ -38,7 +38,19 @@ REASONS = (
     "stale_ts",  # older than the symbol's previous tick (set by the engine)
     "partition_mismatch",  # the symbol is already served from another partition (engine)
 )
-__all__ = ["REASONS", "SKIP_REASONS", "Decoded", "Rejected", "as_arrays", "decode", "encode"]
+__all__ = [
+    "MAX_SYMBOL",
+    "MAX_TS_MS",
+    "REASONS",
+    "SKIP_REASONS",
+    "Decoded",
+    "Format",
+    "Rejected",
+    "as_arrays",
+    "decode",
+    "encode",
+    "make_format",
+]
 
 
 @dataclass
