@@ -209,14 +209,23 @@ def test_coinbase_ticker_and_match_and_the_skipped_rest() -> None:
     beat = {"type": "heartbeat", "sequence": 90, "last_trade_id": 20,
             "product_id": "BTC-USD", "time": "2014-11-07T08:19:28.464459Z"}  # fmt: skip
     assert c.parse(beat) == Skip("heartbeat", "heartbeat")
-    l2 = {"type": "l2update", "product_id": "BTC-USD", "changes": [], "time": "2024-04-12T05:33:23Z"}
+    l2 = {
+        "type": "l2update",
+        "product_id": "BTC-USD",
+        "changes": [],
+        "time": "2024-04-12T05:33:23Z",
+    }
     assert isinstance(s := c.parse(l2), Skip) and s.reason == "other_message"
 
 
 def test_fields_mapping() -> None:
     f = make_format("fields:symbol=instrument,price=last,ts=time,volume=qty")
     got = f.parse({"instrument": "EURUSD", "last": "1.08345", "time": 1735689600, "qty": None})
-    assert isinstance(got, Tick) and (got.symbol, got.ts, got.price) == ("EURUSD", JAN_2025_MS, 1.08345)
+    assert isinstance(got, Tick) and (got.symbol, got.ts, got.price) == (
+        "EURUSD",
+        JAN_2025_MS,
+        1.08345,
+    )
     assert math.isnan(got.volume)
     nested = make_format("fields:symbol=k.s,price=k.c,ts=k.T,volume=k.v")
     assert nested.parse(BINANCE_KLINE) == Tick("BTCUSDT", 1735689659999, 93610.93, 12.345)
