@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from model import data
@@ -125,3 +126,23 @@ def stocks() -> Predictor:
     from model import checkpoint
 
     return checkpoint.load("model/bundled/stocks")
+
+
+def test_prices_from_1e_8_to_1e10_in_one_stream_keep_every_digit(stocks: Predictor) -> None:
+    # The same returns at three price levels in one batch: the forecasts, once divided by
+    # the level, agree far beyond 6 significant digits, and the wire keeps them exactly.
+    records, _ = every_kind()
+    base = [orjson.loads(v)["price"] for k, v in records if k == b"SAP.DE"]
+    levels = {"MEME": 1e-8, "MID": 1.0, "IDR": 1e10}
+    ticks = [(sym, 1_735_689_600_000 + 60_000 * i, float(p) * lv / 120, None)
+             for i, p in enumerate(base) for sym, lv in levels.items()]  # fmt: skip
+    good, bad = decode([encode(*t) for t in ticks], [t[0].encode() for t in ticks])
+    assert bad == [] and good.price[:3] == [t[2] for t in ticks[:3]]
+    f = Engine(stocks).apply(good, np.zeros(len(ticks), np.int32), np.arange(len(ticks))).forecasts
+    per = {
+        sym: np.array([f.forecast[i] for i, s in enumerate(f.symbols) if s == sym]) / lv
+        for sym, lv in levels.items()
+    }
+    np.testing.assert_allclose(per["MEME"], per["MID"], rtol=1e-9)
+    np.testing.assert_allclose(per["IDR"], per["MID"], rtol=1e-9)
+    assert per["MEME"].min() > 0.5  # 1e-8 forecasts are not rounded to 0
