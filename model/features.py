@@ -65,7 +65,7 @@ class FeatureStats:
     lvl_std: float = 1.0  # std of the window-relative log level
     interval_scale: float = 1.0  # multiplies the predicted scale so validation covers 90%
     # One price increment as a log return (median over the training symbols of the smallest
-    # price change seen / the median price; MIN_STEP_FALLBACK for a constant series). It
+    # price change seen / the lowest price; MIN_STEP_FALLBACK for a constant series). It
     # floors ret_std and lvl_std, and every interval spans at least one increment each way
     # from the last price. 0 in checkpoints from before it existed: no floor.
     min_step: float = 0.0
@@ -188,13 +188,14 @@ def featurize(config: ModelConfig, stats: FeatureStats, s: Series) -> np.ndarray
 
 def price_step(series: list[Series]) -> float:
     """One price increment as a log return: per symbol, the smallest non-zero price change
-    divided by the median price; the median over symbols (`MIN_STEP_FALLBACK` for a symbol
-    that never moved)."""
+    divided by the symbol's lowest price (where one increment is the largest move, so the
+    floor spans an increment anywhere in the range); the median over symbols
+    (`MIN_STEP_FALLBACK` for a symbol that never moved)."""
     rel = []
     for s in series:
         d = np.abs(np.diff(s.price))
         d = d[d > 0]
-        rel.append(float(d.min() / np.median(s.price)) if len(d) else MIN_STEP_FALLBACK)
+        rel.append(float(d.min() / np.min(s.price)) if len(d) else MIN_STEP_FALLBACK)
     return float(np.log1p(np.median(rel))) if rel else 0.0
 
 
@@ -251,6 +252,6 @@ def to_price(
     half = Z90 * stats.interval_scale * np.asarray(scale, np.float64) * stats.ret_std
     lo, hi = p * np.exp(mu - half), p * np.exp(mu + half)
     if stats.min_step > 0:
-        step = stats.min_step * (1 + 1e-6)  # the increment itself falls inside
-        lo, hi = np.minimum(lo, p * np.exp(-step)), np.maximum(hi, p * np.exp(step))
+        inc = np.expm1(stats.min_step) * (1 + 1e-6)  # relative; the increment falls inside
+        lo, hi = np.minimum(lo, p * (1 - inc)), np.maximum(hi, p * (1 + inc))
     return p * np.exp(mu), lo, hi
