@@ -250,7 +250,7 @@ def read_ticks(path: str | Path, opts: ReadOptions | None = None) -> FileRead:
                     t = parse(rec)
                 except Bad as e:
                     r = Row(line, e.reason, e.detail)
-                    if e.reason == "bad_price" and e.detail.startswith("price is missing"):
+                    if e.missing_price:
                         out.no_price.append(r)
                     else:
                         out.rejected.append(r)

@@ -104,10 +104,11 @@ class Skip:
 class Bad(ValueError):
     """A rejected record: `reason` (one of `REJECT_REASONS`) and a detail naming the value."""
 
-    def __init__(self, reason: str, detail: str) -> None:
+    def __init__(self, reason: str, detail: str, *, missing_price: bool = False) -> None:
         super().__init__(detail)
         self.reason = reason
         self.detail = detail
+        self.missing_price = missing_price  # the price is absent or null (a file skips it)
 
 
 def parse_number(v: object, name: str) -> float:
@@ -210,7 +211,7 @@ def build(
         raise Bad("bad_symbol", f"symbol must have 1..{MAX_SYMBOL} characters")
     p = parse_number(price, "price")
     if math.isnan(p):
-        raise Bad("bad_price", f"price is missing ({price!r})")
+        raise Bad("bad_price", f"price is missing ({price!r})", missing_price=True)
     if not math.isfinite(p) or p <= 0:
         raise Bad("bad_price", f"price must be finite and > 0, got {price!r}")
     vol = parse_number(volume, "volume")
