@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from streamer.ticks import REASONS, as_arrays, decode, encode
+from streamer.ticks import REASONS, as_arrays, decode, encode, make_format
 
 GOOD = b'{"symbol": "MSFT", "ts": 1700000000000, "price": 371.25, "volume": 1200}'
 
@@ -70,3 +70,21 @@ def test_encode_round_trip_and_unknown_fields_ignored() -> None:
     raw = b'{"symbol": "A", "ts": 3, "price": 9.5, "exchange": "X", "volume": null}'
     good, bad = decode([raw, encode("A", 4, 9.75, 10.0)], [b"A", b"A"])
     assert bad == [] and good.price == [9.5, 9.75] and math.isnan(good.volume[0])
+
+
+def test_formats_skip_non_ticks_and_force_units() -> None:
+    ack, trade = (
+        b'{"result": null, "id": 7}',
+        (
+            b'{"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "93610.93", "q": "0.5", '
+            b'"T": 1735689600000000, "m": true, "M": true}'
+        ),
+    )
+    good, bad = decode([ack, trade, b"{oops"], [None, b"BTCUSDT", None], make_format("binance"))
+    assert good.symbols == ["BTCUSDT"] and good.ts == [1735689600000] and good.index == [1]
+    assert [(s.index, s.reason) for s in good.skipped] == [(0, "ack")]
+    assert [(b.index, b.reason) for b in bad] == [(2, "bad_json")]
+    # Small integers are epoch seconds unless the unit is forced (the fast path steps aside).
+    raw = encode("X", 5, 1.0)
+    assert decode([raw], [b"X"])[0].ts == [5000]
+    assert decode([raw], [b"X"], make_format("tickcast", "ms"))[0].ts == [5]
