@@ -1,4 +1,4 @@
-"""Series loading: bundled real data, any `timestamp,symbol,price[,volume,...]` CSV, synthetic.
+"""Series loading: bundled real data, tick files (CSV, JSON lines: `model.tickfile`), synthetic.
 
 A `Series` is one symbol's ticks in time order. Splits are chronological with cut times
 shared by all symbols of a data set, so no symbol trains on a period another is tested on.
@@ -6,13 +6,12 @@ shared by all symbols of a data set, so no symbol trains on a period another is 
 
 from __future__ import annotations
 
-import csv
-import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+
+from model.tickfile import FileRead, ReadOptions, read_ticks
 
 __all__ = [
     "BUNDLED",
@@ -23,6 +22,7 @@ __all__ = [
     "load_csv",
     "split_times",
     "synthetic",
+    "to_series",
 ]
 
 DATASETS = Path(__file__).resolve().parent / "datasets"
@@ -40,8 +40,8 @@ REQUIRED = ("timestamp", "symbol", "price")
 class Series:
     """One symbol's ticks, sorted by time.
 
-    ts: epoch milliseconds `[time]` int64; price `[time]` float64 (> 0);
-    volume `[time]` float64 or None when the source has no volume.
+    ts: epoch milliseconds `[time]` int64, non-decreasing; price `[time]` float64 (> 0);
+    volume `[time]` float64 (NaN where a tick had none) or None when the source has none.
     """
 
     symbol: str
@@ -83,80 +83,59 @@ def bundled_path(name: str) -> Path:
     return DATASETS / f"{name}.csv"
 
 
-def load(spec: str) -> list[Series]:
-    """Load a bundled data set by name (`taylor`, `msft`, ...) or a CSV file by path."""
+def load(spec: str, opts: ReadOptions | None = None) -> list[Series]:
+    """Load a bundled data set by name (`taylor`, `msft`, ...) or a tick file by path
+    (CSV or JSON lines, read as `opts` says: `model.tickfile`)."""
     if spec in BUNDLED:
         return load_csv(bundled_path(spec))
     path = Path(spec)
     if not path.is_file():
         raise DataError(f"{spec!r} is neither a file nor a bundled data set ({', '.join(BUNDLED)})")
     try:
-        return load_csv(path)
+        return load_csv(path, opts)
     except OSError as e:
         raise DataError(f"{path}: cannot read ({e.strerror or e})") from e
 
 
-def _parse_ts(raw: str) -> int:
-    raw = raw.strip()
-    try:
-        return int(float(raw)) if raw.replace(".", "", 1).isdigit() else _iso_ms(raw)
-    except ValueError as e:
-        raise DataError(f"bad timestamp {raw!r}: ISO-8601 or epoch milliseconds expected") from e
+def load_csv(path: str | Path, opts: ReadOptions | None = None) -> list[Series]:
+    """Read a tick file (`timestamp,symbol,price[,volume]` CSV, Yahoo's layout, JSON lines
+    of any format: `model.tickfile`) into one `Series` per symbol, sorted by time (equal
+    timestamps keep file order).
 
-
-def _iso_ms(raw: str) -> int:
-    d = datetime.fromisoformat(raw)
-    if d.tzinfo is None:
-        d = d.replace(tzinfo=UTC)
-    return round(d.timestamp() * 1000)
-
-
-def load_csv(path: str | Path) -> list[Series]:
-    """Read `timestamp,symbol,price` (+ optional `volume` and other numeric columns).
-
-    Rows may come in any order and interleave symbols; each symbol is sorted by time.
-    Other numeric columns are accepted and ignored. Raises `DataError` naming the row.
+    Rows without a price are skipped with one warning (`opts.strict`: refused). Raises
+    `DataError` naming the file and line of the first invalid row, or when no row is left.
     """
-    path = Path(path)
+    opts = opts or ReadOptions()
+    got = read_ticks(path, opts)
+    path = got.path
+    if got.rejected:
+        more = f" (and {len(got.rejected) - 1} more)" if len(got.rejected) > 1 else ""
+        raise DataError(got.where(got.rejected[0]) + more)
+    if got.no_price and opts.strict:
+        raise DataError(got.where(got.no_price[0]) + f" ({len(got.no_price)} such rows; --strict)")
+    got.warn_no_price()
+    if not got.ticks:
+        raise DataError(
+            f"{path}: no rows" + (f" (skipped: {dict(got.skipped)})" if got.skipped else "")
+        )
+    return to_series(got)
+
+
+def to_series(got: FileRead) -> list[Series]:
+    """The accepted ticks of a file, one `Series` per symbol (first-seen order), each sorted
+    by time; equal timestamps keep file order."""
     per: dict[str, list[tuple[int, float, float]]] = {}
-    with path.open(newline="") as f:
-        reader = csv.DictReader(f)
-        header = [h.strip() for h in (reader.fieldnames or [])]
-        missing = [c for c in REQUIRED if c not in header]
-        if missing:
-            raise DataError(
-                f"{path}: header lacks {missing}; expected timestamp,symbol,price[,volume]"
-            )
-        has_volume = "volume" in header
-        for lineno, row in enumerate(reader, start=2):
-            row = {k.strip(): (v or "").strip() for k, v in row.items() if k is not None}
-            try:
-                price = float(row["price"])
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: price {row['price']!r} is not a number") from e
-            if not math.isfinite(price) or price <= 0:
-                raise DataError(f"{path}:{lineno}: price must be finite and > 0, got {price}")
-            try:
-                vol = float(row["volume"]) if has_volume and row.get("volume") else math.nan
-            except ValueError as e:
-                raise DataError(f"{path}:{lineno}: volume {row['volume']!r} is not a number") from e
-            try:
-                when = _parse_ts(row["timestamp"])
-            except DataError as e:
-                raise DataError(f"{path}:{lineno}: {e}") from None
-            per.setdefault(row["symbol"] or "SERIES", []).append((when, price, vol))
-    if not per:
-        raise DataError(f"{path}: no rows")
+    for _, t in got.ticks:
+        per.setdefault(t.symbol, []).append((t.ts, t.price, t.volume))
     out = []
     for sym, rows in per.items():
-        rows.sort(key=lambda r: r[0])
-        arr = np.array(rows, dtype=np.float64)
-        ts = arr[:, 0].astype(np.int64)
-        if np.any(np.diff(ts) <= 0):
-            raise DataError(f"{path}: symbol {sym} has duplicate timestamps")
-        vols = arr[:, 2]
-        volume = None if np.isnan(vols).all() else np.nan_to_num(vols, nan=0.0)
-        out.append(Series(sym, ts, arr[:, 1].copy(), volume))
+        rows.sort(key=lambda r: r[0])  # stable: equal timestamps keep file order
+        ts = np.array([r[0] for r in rows], np.int64)
+        price = np.array([r[1] for r in rows], np.float64)
+        vols = np.array([r[2] for r in rows], np.float64)
+        # A missing volume stays missing (NaN), as on the stream; no volume at all: None.
+        volume = None if np.isnan(vols).all() else vols
+        out.append(Series(sym, ts, price, volume))
     return out
 
 

@@ -56,6 +56,16 @@ class Evaluation:
     per_symbol: list[SymbolForecasts]
 
 
+def ratio(a: float, b: float) -> float | None:
+    """`a / b`, or None where `b` is 0 (a constant test series: persistence is exact)."""
+    return a / b if b > 0 else None
+
+
+def ratio_text(r: float | None) -> str:
+    """A ratio for the tables, 11 characters (`-` where undefined)."""
+    return f"{r:10.4f}x" if r is not None else f"{'-':>10s} "
+
+
 def metrics(
     pred: np.ndarray,
     last: np.ndarray,
@@ -171,7 +181,8 @@ def evaluate(
                 stateful=np.stack(to_price(stats, last, live[j][:, 0], live[j][:, 1])),
                 window=np.stack(to_price(stats, last, win[:, 0], win[:, 1])),
                 ar=ar_forecasts(s.price, t, rows),
-                naive_mae=max(naive, 1e-12),
+                # MASE's scale is at least one price increment (a constant series has 0).
+                naive_mae=max(naive, float(np.median(s.price[:v])) * stats.min_step, 1e-12),
             )
         )
     report = _report(per)
@@ -203,9 +214,9 @@ def _report(per: list[SymbolForecasts]) -> dict[str, Any]:
     }
     p_rmse = report["persistence"]["rmse"]
     report["rmse_vs_persistence"] = {
-        "stateful": report["model"]["stateful"]["rmse"] / p_rmse,
-        "window": report["model"]["window"]["rmse"] / p_rmse,
-        "ar60": report["ar60"]["rmse"] / p_rmse,
+        "stateful": ratio(report["model"]["stateful"]["rmse"], p_rmse),
+        "window": ratio(report["model"]["window"]["rmse"], p_rmse),
+        "ar60": ratio(report["ar60"]["rmse"], p_rmse),
     }
     if len(per) > 1:
         report["per_symbol"] = {
@@ -239,7 +250,7 @@ def format_table(report: dict[str, Any]) -> str:
     for name, m in rows:
         cov = f"{m['coverage90']:7.3f}" if "coverage90" in m else f"{'-':>7s}"
         lines.append(
-            f"{name:34s} {m['rmse']:12.6g} {m['rmse'] / p:10.4f}x {m['mae']:12.6g} "
+            f"{name:34s} {m['rmse']:12.6g} {ratio_text(ratio(m['rmse'], p))} {m['mae']:12.6g} "
             f"{m['mase']:7.4f} {m['directional_accuracy']:7.3f} {cov}"
         )
     lines.append(f"{report['n_test']} one-step-ahead test forecasts, walk-forward")

@@ -51,6 +51,7 @@ DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 Z90 = 1.6448536269514722  # standard normal 95th percentile: central 90% interval
 MIN_ACF = 0.3  # `auto` adds `lags` only where the returns' autocorrelation gets this strong
+MIN_STEP_FALLBACK = 1e-4  # relative increment of a series that never moved (one basis point)
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,11 @@ class FeatureStats:
     vol_std: float = 1.0  # std of that change
     lvl_std: float = 1.0  # std of the window-relative log level
     interval_scale: float = 1.0  # multiplies the predicted scale so validation covers 90%
+    # One price increment as a log return (median over the training symbols of the smallest
+    # price change seen / the lowest price; MIN_STEP_FALLBACK for a constant series). It
+    # floors ret_std and lvl_std, and every interval spans at least one increment each way
+    # from the last price. 0 in checkpoints from before it existed: no floor.
+    min_step: float = 0.0
 
     def to_dict(self) -> dict[str, float]:
         return asdict(self)
@@ -159,34 +165,65 @@ def history_features(
     return np.stack(cols, axis=-1).astype(np.float32)
 
 
+def volume_pairs(volume: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """`(now, previous)` volume of each tick `[time]` as the live engine sees them: a
+    missing (NaN) volume repeats the last known one, and a tick where either is still
+    unknown gets 0 for both (no change)."""
+    v = np.asarray(volume, np.float64)
+    gaps = np.isnan(v)
+    if gaps.any():
+        idx = np.where(gaps, 0, np.arange(len(v)))
+        np.maximum.accumulate(idx, out=idx)
+        v = v[idx]
+    prev = np.concatenate([v[:1], v[:-1]])
+    unknown = np.isnan(v) | np.isnan(prev)
+    return np.where(unknown, 0.0, v), np.where(unknown, 0.0, prev)
+
+
 def featurize(config: ModelConfig, stats: FeatureStats, s: Series) -> np.ndarray:
     """All rows of a series `[time, features]`; row t uses ticks t-window+1 .. t only."""
-    prev_v = None if s.volume is None else np.concatenate([s.volume[:1], s.volume[:-1]])
-    return history_features(
-        config, stats, s.ts, _histories(s.price, config.window), s.volume, prev_v
-    )
+    v_now, v_prev = (None, None) if s.volume is None else volume_pairs(s.volume)
+    return history_features(config, stats, s.ts, _histories(s.price, config.window), v_now, v_prev)
+
+
+def price_step(series: list[Series]) -> float:
+    """One price increment as a log return: per symbol, the smallest non-zero price change
+    divided by the symbol's lowest price (where one increment is the largest move, so the
+    floor spans an increment anywhere in the range); the median over symbols
+    (`MIN_STEP_FALLBACK` for a symbol that never moved)."""
+    rel = []
+    for s in series:
+        d = np.abs(np.diff(s.price))
+        d = d[d > 0]
+        rel.append(float(d.min() / np.min(s.price)) if len(d) else MIN_STEP_FALLBACK)
+    return float(np.log1p(np.median(rel))) if rel else 0.0
 
 
 def fit_stats(train: list[Series], window: int = 60) -> FeatureStats:
-    """Fit scaling on training-split series only."""
+    """Fit scaling on training-split series only. Spreads are floored at one price
+    increment (`price_step`), so a constant or nearly constant series scales sanely."""
     r = np.concatenate([_log_returns(s.price) for s in train])
     if len(r) < 2:
         raise ValueError("need at least 3 training rows to fit feature statistics")
     dv = np.concatenate(
         [
-            np.diff(np.log1p(s.volume)) if s.volume is not None else np.zeros(len(s) - 1)
+            np.subtract(*np.log1p(volume_pairs(s.volume)))[1:]
+            if s.volume is not None
+            else np.zeros(len(s) - 1)
             for s in train
         ]
     )
     lv = np.concatenate(
         [np.log(s.price) - np.log(_histories(s.price, window)).mean(axis=1) for s in train]
     )
+    step = price_step(train)
     return FeatureStats(
         ret_mean=float(r.mean()),
-        ret_std=float(max(r.std(), 1e-8)),
+        ret_std=float(max(r.std(), step, 1e-8)),
         vol_mean=float(dv.mean()),
         vol_std=float(max(dv.std(), 1e-8)),
-        lvl_std=float(max(lv.std(), 1e-8)),
+        lvl_std=float(max(lv.std(), step, 1e-8)),
+        min_step=step,
     )
 
 
@@ -207,9 +244,14 @@ def to_price(
 
     Returns:
       (point forecast, lower, upper) `[n]` each, float64: the median of the implied
-      log-normal and its central 90% interval (scale widened by `stats.interval_scale`).
+      log-normal and its central 90% interval (scale widened by `stats.interval_scale`),
+      spanning at least one price increment (`stats.min_step`) each way from the last price.
     """
     p = np.asarray(price_now, np.float64)
     mu = np.asarray(mean, np.float64) * stats.ret_std + stats.ret_mean
     half = Z90 * stats.interval_scale * np.asarray(scale, np.float64) * stats.ret_std
-    return p * np.exp(mu), p * np.exp(mu - half), p * np.exp(mu + half)
+    lo, hi = p * np.exp(mu - half), p * np.exp(mu + half)
+    if stats.min_step > 0:
+        inc = np.expm1(stats.min_step) * (1 + 1e-6)  # relative; the increment falls inside
+        lo, hi = np.minimum(lo, p * (1 - inc)), np.maximum(hi, p * (1 + inc))
+    return p * np.exp(mu), lo, hi

@@ -31,7 +31,7 @@ import numpy as np
 from model.checkpoint import LoadedModel
 from model.config import ModelConfig, TrainConfig
 from model.data import DataError, Series
-from model.evaluate import AR_ORDER, Evaluation, evaluate
+from model.evaluate import AR_ORDER, Evaluation, evaluate, ratio, ratio_text
 from model.registry import Registry
 from model.train import FitResult, Init, describe, fit
 
@@ -312,7 +312,8 @@ def format_summary(a: Attempt) -> str:
             m = a.scores[key]
             cov = f"{m['coverage90']:7.3f}" if "coverage90" in m else f"{'-':>7s}"
             lines.append(
-                f"{label[:36]:36s} {m['rmse']:12.6g} {m['rmse'] / p:10.4f}x {m['mae']:12.6g} "
+                f"{label[:36]:36s} {m['rmse']:12.6g} {ratio_text(ratio(m['rmse'], p))} "
+                f"{m['mae']:12.6g} "
                 f"{m['mase']:7.4f} {m['directional_accuracy']:7.3f} {cov}"
             )
         lines.append(

@@ -20,7 +20,7 @@ from prometheus_client import (
     start_http_server,
 )
 
-from streamer.core.ticks import REASONS
+from streamer.core.ticks import REASONS, SKIP_REASONS
 
 # Sub-millisecond buckets first: a step is tens of microseconds, a batch a few ms.
 LATENCY_BUCKETS = (
@@ -56,6 +56,14 @@ class Metrics:
         )
         for reason in REASONS:
             self.ticks_rejected.labels(reason)
+        self.ticks_skipped = Counter(
+            "tickcast_ticks_skipped",
+            "Messages of the ticks format that are not ticks (acks, heartbeats, open klines)",
+            ["reason"],
+            registry=r,
+        )
+        for reason in SKIP_REASONS:
+            self.ticks_skipped.labels(reason)
         self.forecasts_published = Counter(
             "tickcast_forecasts_published", "Forecasts published", registry=r
         )

@@ -63,6 +63,8 @@ class Settings:
     feed_wildcard: bool = True
     uvloop: bool = True
     log_level: str = "INFO"
+    format: str = "tickcast"  # record format of the ticks topic (model.tickparse)
+    ts_unit: str = "auto"  # epoch unit of numeric ts: auto (per value), s, ms, us, ns
 
 
 NAMES: list[str] = [f.name for f in fields(Settings)]
@@ -133,6 +135,10 @@ HELP: dict[str, str] = {
     "feed_wildcard": 'allow subscribing to every symbol with "*"',
     "uvloop": "run the event loop on uvloop when it is installed",
     "log_level": "logging level",
+    "format": "record format of the ticks topic: tickcast, binance, coinbase, or "
+    "fields:symbol=KEY,price=KEY,ts=KEY[,volume=KEY] (docs/stream.md)",
+    "ts_unit": "epoch unit of numeric timestamps: auto (inferred per value from its "
+    "magnitude), s, ms, us or ns",
 }
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from model.paths import BUNDLED_MODELS, bundled_model
+from model.tickfile import add_read_arguments
 from streamer.cli.common import Subparsers, jax
 from streamer.timefmt import format_ms
 
@@ -40,6 +41,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--model", help="model directory (default: the bundled model of --data)")
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--plot", metavar="PNG", help="write real vs predicted with the 90%% band")
+    add_read_arguments(p)
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("datasets", help="list the bundled real series")
@@ -63,6 +65,7 @@ def _add_train(sub: Subparsers) -> None:
     p.add_argument("--out", required=True, help="model directory to write (replaced if present)")
     p.add_argument("--evaluate", action="store_true", help="evaluate on the test split afterwards")
     _add_train_args(p)
+    add_read_arguments(p)
     p.set_defaults(func=_train)
 
 
@@ -108,10 +111,11 @@ def _train(args: argparse.Namespace) -> int:
     from model import checkpoint, data
     from model.config import ModelConfig, TrainConfig
     from model.features import auto_features
+    from model.tickfile import read_options
     from model.train import describe, fit, training_part
 
     jax()
-    series = data.load(args.data)
+    series = data.load(args.data, read_options(args))
     tc = TrainConfig(
         seed=args.seed, loss=args.loss, learning_rate=args.lr, batch_size=args.batch_size,
         max_steps=args.max_steps, max_seconds=args.max_seconds, progress=not args.no_progress,
@@ -142,7 +146,7 @@ def _train(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     if args.evaluate:
-        ns = argparse.Namespace(data=args.data, model=args.out, json=False, plot=None)
+        ns = argparse.Namespace(**{**vars(args), "model": args.out, "json": False, "plot": None})
         return _evaluate(ns)
     return 0
 
@@ -151,9 +155,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from model import checkpoint, data
     from model.config import TrainConfig
     from model.evaluate import evaluate, format_table, plot
+    from model.tickfile import read_options
 
     jax()
-    series = data.load(args.data)
+    series = data.load(args.data, read_options(args))
     model_dir = args.model or bundled_model(args.data)
     if model_dir is None:
         print(

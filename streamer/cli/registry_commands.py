@@ -86,7 +86,8 @@ def register(sub: Subparsers) -> None:
         help="with --every: Prometheus metrics port (default 9301; 0: none)",
     )
     settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "models_topic", "registry",
-                               "model", "replication_factor", "log_level"])  # fmt: skip
+                               "model", "replication_factor", "log_level", "format",
+                               "ts_unit"])  # fmt: skip
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("models", help="the model registry: list, promote VERSION, rollback",

@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 
+from model.tickfile import add_read_arguments
 from streamer.cli.common import Subparsers, jax, load_model, setup_logging
 from streamer.kafka.jars import KAFKA_VERSION
 
@@ -35,7 +36,8 @@ def register(sub: Subparsers) -> None:
     settings.add_arguments(
         p,
         [n for n in settings.NAMES
-         if n not in ("kafka_bootstrap", "replication_factor", "client_id", "group_id")],
+         if n not in ("kafka_bootstrap", "replication_factor", "client_id", "group_id",
+                      "format", "ts_unit")],
     )  # fmt: skip
     p.set_defaults(func=_run)
 
@@ -110,6 +112,7 @@ def register(sub: Subparsers) -> None:
     p.add_argument("--start-ms", type=int, help="with --synthetic: first tick time (default: now)")
     p.add_argument("--rate", default="max", help="ticks per second, or 'max' (default)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_read_arguments(p)
     settings.add_arguments(
         p, ["kafka_bootstrap", "ticks_topic", "num_partitions", "replication_factor"]
     )
@@ -199,6 +202,8 @@ def _replay(args: argparse.Namespace) -> int:
     import asyncio
 
     from model import data
+    from model.data import DataError
+    from model.tickfile import read_options, read_ticks
     from streamer.jobs import replay
     from streamer.kafka.topics import ensure_topics
     from streamer.settings import from_args
@@ -210,10 +215,24 @@ def _replay(args: argparse.Namespace) -> int:
         ticks = replay.synthetic(args.synthetic, total, seed=args.seed, start_ms=start)
         label = f"{args.synthetic} synthetic symbols"
     else:
-        series = data.load(args.data)
-        total = sum(len(s) for s in series)
+        # Validated with the parser serve uses: only ticks serve would accept are sent.
+        path = data.bundled_path(args.data) if args.data in data.BUNDLED else Path(args.data)
+        if not path.is_file():
+            raise DataError(f"{args.data!r} is neither a file nor a bundled data set")
+        got = read_ticks(path, read_options(args))
+        print(got.summary(), file=sys.stderr)
+        if not got.ticks:
+            print("error: nothing valid to send", file=sys.stderr)
+            return 1
+        if args.strict and (got.rejected or got.no_price):
+            print("error: invalid rows (--strict); nothing sent", file=sys.stderr)
+            return 2
+        series = data.to_series(got)
+        total = len(got.ticks)
         ticks = replay.interleave(series)
         label = f"{args.data} ({len(series)} symbols)"
+        n_skip = len(got.no_price) + sum(got.skipped.values())
+        label += f"; {n_skip} skipped, {len(got.rejected)} rejected, not sent"
     rate = None if args.rate == "max" else float(args.rate)
     if rate is not None and rate <= 0:
         raise ValueError("--rate must be > 0 or 'max'")
@@ -230,8 +249,8 @@ def _replay(args: argparse.Namespace) -> int:
         )
 
     res = asyncio.run(go())
-    print(f"replayed {res.sent} ticks of {label} in {res.seconds:.1f} s ({res.rate:,.0f}/s)")
-    return 0
+    print(f"sent {res.sent} ticks of {label} in {res.seconds:.1f} s ({res.rate:,.0f}/s)")
+    return 0 if res.sent else 1
 
 
 def _kafka(args: argparse.Namespace) -> int:

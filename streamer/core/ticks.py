@@ -5,13 +5,18 @@ A tick is one Kafka record on topic `ticks`, key = the symbol (UTF-8), value = a
     {"symbol": "MSFT", "ts": 1700000000000, "price": 371.25, "volume": 1200.0}
 
 * `symbol`: non-empty string, at most `MAX_SYMBOL` characters, equal to the record key;
-* `ts`: integer epoch milliseconds, >= 0 (not before the symbol's previous tick: checked by
-  the engine, which knows the previous tick);
-* `price`: finite number > 0;
-* `volume`: optional finite number >= 0 (or null).
+* `ts`: epoch s/ms/µs/ns (unit inferred per value) or ISO-8601, normalised to epoch ms in
+  1970..2200 (not before the symbol's previous tick: checked by the engine);
+* `price`: finite number > 0, or a decimal string;
+* `volume`: optional finite number >= 0 or decimal string (null/absent: missing).
 
-Unknown fields are ignored. A tick that breaks a rule never touches state: it is rejected
-with one of `REASONS`, and the server forwards its original bytes to the dead-letter topic.
+Other formats (`--format binance|coinbase|fields:...`) and every value that is not the plain
+form above go through `model.tickparse`, the parser the file readers use too; this module
+keeps a fast path for the plain tickcast JSON. Unknown fields are ignored. A tick that breaks
+a rule never touches state: it is rejected with one of `REASONS`, and the server forwards its
+original bytes to the dead-letter topic. A message of a known format that is not a tick (an
+ack, a heartbeat, an open kline) is skipped with one of `SKIP_REASONS`: counted, not
+dead-lettered.
 """
 
 from __future__ import annotations
@@ -23,22 +28,29 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-MAX_SYMBOL = 64
-MAX_TS_MS = 32503680000000  # year 3000: anything later is a unit mistake (µs or ns)
+from model.tickparse import MAX_SYMBOL, MAX_TS_MS, REJECT_REASONS, SKIP_REASONS, Bad, Format, Skip
+from model.tickparse import make_format as make_format
+
+MIN_FAST_MS = 100_000_000_000  # smaller integers are epoch seconds: the parser scales them
 
 REASONS = (
-    "bad_json",  # not parseable JSON
-    "not_object",  # JSON, but not an object
-    "missing_field",  # symbol, ts or price absent
-    "bad_type",  # a field of the wrong type (e.g. a price given as a string)
-    "bad_symbol",  # empty or too long
-    "key_mismatch",  # the record key is not the symbol (it would land on the wrong partition)
-    "bad_price",  # NaN, infinite, zero or negative
-    "bad_volume",  # NaN, infinite or negative
-    "bad_ts",  # negative or absurdly large (not epoch milliseconds)
+    *REJECT_REASONS,
     "stale_ts",  # older than the symbol's previous tick (set by the engine)
     "partition_mismatch",  # the symbol is already served from another partition (engine)
 )
+__all__ = [
+    "MAX_SYMBOL",
+    "MAX_TS_MS",
+    "REASONS",
+    "SKIP_REASONS",
+    "Decoded",
+    "Format",
+    "Rejected",
+    "as_arrays",
+    "decode",
+    "encode",
+    "make_format",
+]
 
 
 @dataclass
@@ -50,6 +62,7 @@ class Decoded:
     price: list[float] = field(default_factory=list)
     volume: list[float] = field(default_factory=list)  # NaN where absent
     index: list[int] = field(default_factory=list)
+    skipped: list[Rejected] = field(default_factory=list)  # non-tick messages (SKIP_REASONS)
 
     def __len__(self) -> int:
         return len(self.symbols)
@@ -73,46 +86,31 @@ def _parse(raw: bytes) -> object:
         return json.loads(raw)
 
 
-def _number(v: object) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def check(obj: object, key: bytes | None) -> tuple[str, float, float, int] | tuple[str, str]:
-    """Validate one parsed tick: `(symbol, price, volume, ts)` or `(reason, detail)`."""
-    if not isinstance(obj, dict):
-        return "not_object", f"expected a JSON object, got {type(obj).__name__}"
+def check(
+    obj: object, key: bytes | None, fmt: Format | None = None
+) -> tuple[str, float, float, int] | tuple[str, str] | Skip:
+    """Validate one parsed record: `(symbol, price, volume, ts)`, `(reason, detail)` or a
+    `Skip` (a non-tick message of the format)."""
     try:
-        symbol, ts, price = obj["symbol"], obj["ts"], obj["price"]
-    except KeyError as e:
-        return "missing_field", f"missing field {e.args[0]!r}"
-    volume = obj.get("volume")
-    if not isinstance(symbol, str):
-        return "bad_type", "symbol must be a string"
-    if not isinstance(ts, int) or isinstance(ts, bool):
-        return "bad_type", "ts must be an integer (epoch milliseconds)"
-    if not _number(price):
-        return "bad_type", "price must be a number"
-    if volume is not None and not _number(volume):
-        return "bad_type", "volume must be a number or null"
-    if not symbol or len(symbol) > MAX_SYMBOL:
-        return "bad_symbol", f"symbol must have 1..{MAX_SYMBOL} characters"
-    if key is not None and key != symbol.encode():
-        return "key_mismatch", f"record key {key[:MAX_SYMBOL]!r} is not the symbol {symbol!r}"
-    p = float(price)
-    if not math.isfinite(p) or p <= 0:
-        return "bad_price", f"price must be finite and > 0, got {price!r}"
-    v = math.nan
-    if volume is not None:
-        v = float(volume)
-        if not math.isfinite(v) or v < 0:
-            return "bad_volume", f"volume must be finite and >= 0, got {volume!r}"
-    if not 0 <= ts <= MAX_TS_MS:
-        return "bad_ts", f"ts must be epoch milliseconds in [0, {MAX_TS_MS}], got {ts}"
-    return symbol, p, v, ts
+        t = (fmt or make_format()).parse(obj)
+    except Bad as e:
+        return e.reason, e.detail
+    if isinstance(t, Skip):
+        return t
+    if key is not None and key != t.symbol.encode():
+        return "key_mismatch", f"record key {key[:MAX_SYMBOL]!r} is not the symbol {t.symbol!r}"
+    return t.symbol, t.price, t.volume, t.ts
 
 
-def decode(values: list[bytes | None], keys: list[bytes | None]) -> tuple[Decoded, list[Rejected]]:
-    """Decode and validate a batch of record values (and keys) in order."""
+def decode(
+    values: list[bytes | None], keys: list[bytes | None], fmt: Format | None = None
+) -> tuple[Decoded, list[Rejected]]:
+    """Decode and validate a batch of record values (and keys) in order.
+
+    `fmt` is the record format (`make_format(spec, ts_unit)`; default: tickcast JSON with
+    the ts unit inferred). Skipped messages are listed in `Decoded.skipped`.
+    """
+    fast = fmt is None or (fmt.name == "tickcast" and fmt.unit is None)
     good = Decoded()
     bad: list[Rejected] = []
     symbols, tss, prices, volumes, index = (
@@ -124,6 +122,8 @@ def decode(values: list[bytes | None], keys: list[bytes | None]) -> tuple[Decode
         # Fast path for the common, valid tick: exact types, plain comparisons (NaN fails
         # every comparison, so it falls through to the full check below).
         try:
+            if not fast:
+                raise ValueError
             obj = loads(raw)  # type: ignore[arg-type]
             symbol, ts, price = obj["symbol"], obj["ts"], obj["price"]
             volume = obj.get("volume")
@@ -132,7 +132,7 @@ def decode(values: list[bytes | None], keys: list[bytes | None]) -> tuple[Decode
                 and type(ts) is int
                 and (type(price) is float or type(price) is int)
                 and 0 < price < inf
-                and 0 <= ts <= MAX_TS_MS
+                and MIN_FAST_MS <= ts <= MAX_TS_MS
                 and 0 < len(symbol) <= MAX_SYMBOL
                 and (key is None or key == symbol.encode())
             ):
@@ -156,7 +156,10 @@ def decode(values: list[bytes | None], keys: list[bytes | None]) -> tuple[Decode
         except (ValueError, UnicodeDecodeError) as e:
             bad.append(Rejected(i, "bad_json", str(e)[:200]))
             continue
-        r = check(obj, key)
+        r = check(obj, key, fmt)
+        if isinstance(r, Skip):
+            good.skipped.append(Rejected(i, r.reason, r.detail))
+            continue
         if len(r) == 2:
             bad.append(Rejected(i, r[0], r[1]))
             continue

@@ -44,6 +44,7 @@ from model.retrain import (
     retrain,
     save_challenger,
 )
+from streamer.core.ticks import make_format
 from streamer.jobs.registry_ops import announce_change
 from streamer.jobs.tick_range import read_ticks
 from streamer.kafka import announcements as models
@@ -174,7 +175,8 @@ def run_once(settings: Settings, opts: Options, registry: Registry | None = None
     resync_announcement(settings, registry)
     since, until = opts.range_ms()
     read = asyncio.run(read_ticks(settings.kafka_bootstrap, settings.ticks_topic, since, until,
-                                  progress=opts.progress))  # fmt: skip
+                                  progress=opts.progress,
+                                  fmt=make_format(settings.format, settings.ts_unit)))  # fmt: skip
     log.info("read %s: %s", settings.ticks_topic, read.describe())
     attempt = retrain(read.series, champion, opts.rc)
     now = datetime.now(UTC)

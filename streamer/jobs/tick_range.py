@@ -22,7 +22,7 @@ from aiokafka.structs import TopicPartition
 from tqdm import tqdm
 
 from model.data import Series
-from streamer.core.ticks import decode
+from streamer.core.ticks import Format, decode
 from streamer.kafka.topics import partitions_of, read_to_end
 
 __all__ = ["SEEK_SLACK_MS", "ReadResult", "group_series", "read_ticks"]
@@ -57,15 +57,15 @@ def group_series(
     symbols: list[str], ts: list[int], price: list[float], volume: list[float]
 ) -> tuple[list[Series], int]:
     """Ticks in topic order → one `Series` per symbol (first-seen order) and the number of
-    ticks dropped because their ts was not after the symbol's previous kept tick (the
-    engine's rule, made strict: a series has one tick per timestamp). Volume: NaN = absent;
-    a symbol with no volume at all gets None, otherwise absent volumes become 0."""
+    ticks dropped because their ts was before the symbol's previous kept tick (the engine's
+    rule; equal timestamps are kept, as the file readers keep them). Volume: NaN = absent,
+    and it stays absent (never 0); a symbol with no volume at all gets None."""
     rows: dict[str, list[int]] = {}
     last: dict[str, int] = {}
     stale = 0
     for i, (sym, t) in enumerate(zip(symbols, ts, strict=True)):
         prev = last.get(sym)
-        if prev is not None and t <= prev:
+        if prev is not None and t < prev:
             stale += 1
             continue
         last[sym] = t
@@ -76,7 +76,7 @@ def group_series(
     for sym, idx in rows.items():
         ix = np.asarray(idx)
         v = v_a[ix]
-        vol = None if np.isnan(v).all() else np.nan_to_num(v, nan=0.0)
+        vol = None if np.isnan(v).all() else v
         out.append(Series(sym, ts_a[ix], p_a[ix], vol))
     return out, stale
 
@@ -89,6 +89,7 @@ async def read_ticks(
     *,
     progress: bool = True,
     timeout_s: float = 60.0,
+    fmt: Format | None = None,
 ) -> ReadResult:
     """Every tick of `topic` with `since_ms <= ts < until_ms` (either bound optional), up to
     the end offsets at the start of the call, decoded with `streamer.core.ticks.decode`."""
@@ -128,7 +129,7 @@ async def read_ticks(
                    unit="rec", disable=not progress, leave=False)  # fmt: skip
 
         def take(_: TopicPartition, recs: list[Any]) -> None:
-            good, bad = decode([r.value for r in recs], [r.key for r in recs])
+            good, bad = decode([r.value for r in recs], [r.key for r in recs], fmt)
             res.records += len(recs)
             for b in bad:
                 res.malformed[b.reason] = res.malformed.get(b.reason, 0) + 1

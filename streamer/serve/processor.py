@@ -35,7 +35,7 @@ from model.config import ModelConfig
 from streamer.core.checkpoints import Checkpointer, PartitionProgress
 from streamer.core.engine import Engine
 from streamer.core.forecasts import payloads, points_of
-from streamer.core.ticks import decode
+from streamer.core.ticks import decode, make_format
 from streamer.feed.hub import Hub
 from streamer.kafka.reconnect import reconnecting
 from streamer.kafka.topics import ensure_topics
@@ -55,6 +55,7 @@ class Counters:
     ticks: int = 0
     forecasts: int = 0
     rejected: int = 0
+    skipped: int = 0  # non-tick messages of the format (acks, heartbeats, open klines)
     replayed: int = 0
     sessions: int = 0
     assigned: list[list[int]] = field(default_factory=list)
@@ -71,6 +72,7 @@ class StreamProcessor:
         metrics: Metrics | None = None,
     ) -> None:
         self.settings = settings
+        self.format = make_format(settings.format, settings.ts_unit)  # ValueError: refused
         self.engine = Engine(loaded, settings.max_symbols, settings.idle_evict_s)
         self.hub = hub or Hub(settings.feed_snapshot_points)
         self.metrics = metrics or Metrics()
@@ -325,7 +327,7 @@ class StreamProcessor:
                 advanced[tp.partition] = max(st.next_offset, recs[-1].offset + 1)
         if not values:
             return None
-        decoded, bad = decode(values, keys)
+        decoded, bad = decode(values, keys, self.format)
         partition = np.asarray(part, np.int32)
         offset = np.asarray(offs, np.int64)
         applied = self.engine.apply(decoded, partition, offset, skip_applied=True)
@@ -365,6 +367,9 @@ class StreamProcessor:
         m.ticks_replayed.inc(int((~fresh).sum()))
         for reason, n in Counter(r.reason for r in rejected).items():
             m.ticks_rejected.labels(reason).inc(n)
+        for reason, n in Counter(r.reason for r in decoded.skipped).items():
+            m.ticks_skipped.labels(reason).inc(n)
+        self.counters.skipped += len(decoded.skipped)
         m.batch_ticks.observe(len(values))
         m.step_seconds.observe(applied.step_s)
         m.record_errors(f.sq_err_model, f.sq_err_persistence, f.n_err, f.version)

@@ -22,8 +22,9 @@ def line(f: dict[str, Any]) -> str:
     when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(f["ts"] / 1000))
     warm = " warming" if f.get("warming") else ""
     return (
-        f"{when}  {f['symbol']:<8} price {f['price']:>12.4f}  next {f['forecast']:>12.4f}"
-        f"  [{f['lower']:.4f}, {f['upper']:.4f}]  {f['model']}{warm}"
+        # Significant digits, not fixed decimals: 1.2e-08 and 1e+10 prices share a stream.
+        f"{when}  {f['symbol']:<8} price {f['price']:>12.7g}  next {f['forecast']:>12.7g}"
+        f"  [{f['lower']:.7g}, {f['upper']:.7g}]  {f['model']}{warm}"
     )
 
 

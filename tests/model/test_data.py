@@ -20,7 +20,8 @@ def test_csv_iso_and_epoch_ms_several_symbols_any_order(tmp_path):
     assert set(got) == {"A", "B"}
     assert got["A"].ts.tolist() == [1704189600000, 1704189602000]
     assert got["A"].price.tolist() == [10.0, 10.5]
-    assert got["A"].volume is not None and got["A"].volume.tolist() == [0.0, 5.0]
+    vol = got["A"].volume  # a blank volume stays missing (NaN), never 0
+    assert vol is not None and np.isnan(vol[0]) and vol[1] == 5.0
     assert got["B"].price.tolist() == [20.0, 20.5]
 
 
@@ -34,12 +35,12 @@ def test_csv_without_volume(tmp_path):
 @pytest.mark.parametrize(
     ("body", "match"),
     [
-        ("time,symbol,price\n1,X,1\n", "header lacks"),
+        ("when,symbol,price\n1,X,1\n", "header .* lacks timestamp"),
         ("timestamp,symbol,price\n1,X,abc\n", "not a number"),
         ("timestamp,symbol,price\n1,X,-3\n", "> 0"),
-        ("timestamp,symbol,price\n1,X,nan\n", "finite"),
-        ("timestamp,symbol,price\nyesterday,X,1\n", "bad timestamp"),
-        ("timestamp,symbol,price\n1,X,1\n1,X,2\n", "duplicate timestamps"),
+        ("timestamp,symbol,price\n1,X,nan\n", "no rows"),  # a missing price is skipped
+        ("timestamp,symbol,price\n1,X,inf\n", "bad.csv:2: price must be finite"),
+        ("timestamp,symbol,price\nyesterday,X,1\n", "bad.csv:2: ts 'yesterday': epoch number"),
         ("timestamp,symbol,price\n", "no rows"),
         ("timestamp,symbol,price,volume\n1,X,1,lots\n", "bad.csv:2: volume 'lots'"),
     ],

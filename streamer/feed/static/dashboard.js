@@ -53,14 +53,14 @@
 
   // ---------------------------------------------------------------- formatting
 
+  // Prices span 1e-8 (meme tokens) to 1e10 in one stream: 7 significant digits, never
+  // fixed decimals (a stablecoin's 1.0001 must not read 1.000; 1.2e-8 must not read 0).
   function fmtNum(v) {
     if (v == null || !Number.isFinite(v)) return "–";
     const a = Math.abs(v);
-    if (a >= 10000) return v.toLocaleString("en-US", { maximumFractionDigits: 0 });
-    if (a >= 100) return v.toFixed(2);
-    if (a >= 1) return v.toFixed(3);
     if (a === 0) return "0";
-    return v.toPrecision(3);
+    if (a < 1e-4 || a >= 1e15) return v.toPrecision(7).replace(/\.?0+e/, "e");
+    return v.toLocaleString("en-US", { maximumSignificantDigits: 7 });
   }
   const fmtValue = (u, v) => fmtNum(v);
   const fmtErr = (v) => (v == null || !Number.isFinite(v) ? "–" : v.toPrecision(3));

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from streamer.core.ticks import REASONS, as_arrays, decode, encode
+from streamer.core.ticks import REASONS, as_arrays, decode, encode, make_format
 
 GOOD = b'{"symbol": "MSFT", "ts": 1700000000000, "price": 371.25, "volume": 1200}'
 
@@ -20,12 +20,13 @@ BAD: list[tuple[bytes | None, bytes | None, str]] = [
     (b'{"symbol": "X", "price": 1.0}', b"X", "missing_field"),
     (b'{"symbol": "X", "ts": 1}', b"X", "missing_field"),
     (b'{"symbol": 7, "ts": 1, "price": 1.0}', None, "bad_type"),
-    (b'{"symbol": "X", "ts": "1", "price": 1.0}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1.5, "price": 1.0}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": true, "price": 1.0}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": "1.0"}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": null}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": "3"}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": "soon", "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 1700000000000.5, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": true, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 1, "price": "1.0x"}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1, "price": null}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1, "price": [1]}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": "lots"}', b"X", "bad_type"),
     (b'{"symbol": "", "ts": 1, "price": 1.0}', None, "bad_symbol"),
     (b'{"symbol": "' + b"A" * 65 + b'", "ts": 1, "price": 1.0}', None, "bad_symbol"),
     (b'{"symbol": "X", "ts": 1, "price": 1.0}', b"Y", "key_mismatch"),
@@ -34,18 +35,19 @@ BAD: list[tuple[bytes | None, bytes | None, str]] = [
     (b'{"symbol": "X", "ts": 1, "price": 0}', b"X", "bad_price"),
     (b'{"symbol": "X", "ts": 1, "price": -3.5}', b"X", "bad_price"),
     (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": -1}', b"X", "bad_volume"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": NaN}', b"X", "bad_volume"),
+    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": Infinity}', b"X", "bad_volume"),
     (b'{"symbol": "X", "ts": -1, "price": 1.0}', b"X", "bad_ts"),
-    (b'{"symbol": "X", "ts": 1700000000000000, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 1700000000000000000000, "price": 1.0}', b"X", "bad_ts"),
+    (b'{"symbol": "X", "ts": 9000000000000, "price": 1.0}', b"X", "bad_ts"),  # ms in 2255
 ]
 
 
 def test_good_tick_decodes_exactly() -> None:
-    good, bad = decode([GOOD, encode("IBM", 5, 2.5)], [b"MSFT", b"IBM"])
+    good, bad = decode([GOOD, encode("IBM", 1700000000005, 2.5)], [b"MSFT", b"IBM"])
     assert bad == []
     assert good.symbols == ["MSFT", "IBM"]
     ts, price, vol = as_arrays(good)
-    assert ts.tolist() == [1700000000000, 5]
+    assert ts.tolist() == [1700000000000, 1700000000005]
     assert price.tolist() == [371.25, 2.5]
     assert vol[0] == 1200.0 and math.isnan(vol[1])
     assert good.index == [0, 1]
@@ -68,3 +70,21 @@ def test_encode_round_trip_and_unknown_fields_ignored() -> None:
     raw = b'{"symbol": "A", "ts": 3, "price": 9.5, "exchange": "X", "volume": null}'
     good, bad = decode([raw, encode("A", 4, 9.75, 10.0)], [b"A", b"A"])
     assert bad == [] and good.price == [9.5, 9.75] and math.isnan(good.volume[0])
+
+
+def test_formats_skip_non_ticks_and_force_units() -> None:
+    ack, trade = (
+        b'{"result": null, "id": 7}',
+        (
+            b'{"e": "trade", "E": 1, "s": "BTCUSDT", "t": 1, "p": "93610.93", "q": "0.5", '
+            b'"T": 1735689600000000, "m": true, "M": true}'
+        ),
+    )
+    good, bad = decode([ack, trade, b"{oops"], [None, b"BTCUSDT", None], make_format("binance"))
+    assert good.symbols == ["BTCUSDT"] and good.ts == [1735689600000] and good.index == [1]
+    assert [(s.index, s.reason) for s in good.skipped] == [(0, "ack")]
+    assert [(b.index, b.reason) for b in bad] == [(2, "bad_json")]
+    # Small integers are epoch seconds unless the unit is forced (the fast path steps aside).
+    raw = encode("X", 5, 1.0)
+    assert decode([raw], [b"X"])[0].ts == [5000]
+    assert decode([raw], [b"X"], make_format("tickcast", "ms"))[0].ts == [5]

@@ -184,9 +184,10 @@ def test_group_series_and_durations():
         ["A", "B", "A", "A", "B", "A"], [1, 5, 2, 2, 4, 3], [1.0, 2.0, 1.1, 9.0, 2.1, 1.2],
         [float("nan"), 7.0] + [float("nan")] * 4,
     )  # fmt: skip
-    assert stale == 2  # A's second ts=2 and B's ts=4
+    assert stale == 1  # B's ts=4 (A's second ts=2 is a duplicate time, kept as on the stream)
     a, b = series
-    assert a.symbol == "A" and list(a.ts) == [1, 2, 3] and list(a.price) == [1.0, 1.1, 1.2]
+    assert a.symbol == "A" and list(a.ts) == [1, 2, 2, 3]
+    assert list(a.price) == [1.0, 1.1, 9.0, 1.2]
     assert a.volume is None and b.volume is not None and list(b.ts) == [5]
     assert parse_duration("30m") == 1800 and parse_duration("2h") == 7200
     assert parse_duration("250ms") == 0.25 and parse_duration("90") == 90
