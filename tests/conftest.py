@@ -47,12 +47,13 @@ def _no_broker_unless_marked(
     only for a test that asks for them)."""
     if request.node.get_closest_marker("kafka") is not None:
         return
-    from streamer.kafka import local
+    from streamer.kafka.cluster import LocalCluster
+    from streamer.kafka.local import LocalBroker
 
     def refuse(*args: object, **kwargs: object) -> None:
         raise AssertionError(f"{request.node.nodeid} starts a Kafka broker: mark it kafka")
 
-    for cls in (local.LocalBroker, local.LocalCluster):
+    for cls in (LocalBroker, LocalCluster):
         monkeypatch.setattr(cls, "start", refuse)
 
 
