@@ -11,10 +11,12 @@ from pathlib import Path
 
 import numpy as np
 
+from model.errors import DataError
 from model.tickfile import FileRead, ReadOptions, read_ticks
 
 __all__ = [
     "BUNDLED",
+    "DataError",
     "Series",
     "Split",
     "bundled_path",
@@ -71,10 +73,6 @@ class Split:
         return int(np.searchsorted(s.ts, self.val_start)), int(
             np.searchsorted(s.ts, self.test_start)
         )
-
-
-class DataError(ValueError):
-    """A data file that cannot be used, with the reason."""
 
 
 def bundled_path(name: str) -> Path:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["CheckpointError"]
+__all__ = ["CheckpointError", "DataError"]
 
 
 class CheckpointError(RuntimeError):
@@ -13,3 +13,7 @@ class CheckpointError(RuntimeError):
     def __init__(self, message: str, kind: str = "corrupt") -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class DataError(ValueError):
+    """A data file that cannot be used, with the reason (and the file and line)."""

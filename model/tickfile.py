@@ -42,6 +42,7 @@ from typing import Any
 
 import orjson
 
+from model.errors import DataError
 from model.tickparse import Bad, Format, Skip, Tick, make_format
 
 __all__ = ["FileRead", "ReadOptions", "Row", "add_read_arguments", "read_options", "read_ticks"]
@@ -135,7 +136,6 @@ def _csv_rows(
     delim = _sniff(first)
     decimal_comma = delim == ";"
     header = [h.strip() for h in next(csv.reader([first], delimiter=delim), [])]
-    from model.data import DataError
 
     if opts.format.startswith("fields:"):
         mapping = {}
@@ -219,11 +219,10 @@ def _tickcast_row(fmt: Format, rec: dict[str, Any]) -> Tick | Skip:
 def read_ticks(path: str | Path, opts: ReadOptions | None = None) -> FileRead:
     """Read and validate every row of a tick file (see the module docstring).
 
-    Raises `model.data.DataError` naming the file (and line) when the file cannot be read
+    Raises `model.errors.DataError` naming the file (and line) when the file cannot be read
     as ticks at all (no usable header, a binary file), and `ValueError` for a bad
     `--format` or `--ts-unit`. Invalid rows are returned, not raised: the caller decides.
     """
-    from model.data import DataError
 
     path = Path(path)
     opts = opts or ReadOptions()
