@@ -188,21 +188,23 @@ def test_second_instance_joins_and_leaves(
         await ensure_topics(s)
         feed = asyncio.create_task(stream(s, 12, n, rate=1000))
         a = serve_process(s, log_a, client_id="serve-a")
+        b: subprocess.Popen[bytes] | None = None
         try:
-            # b joins mid-stream, by progress rather than the clock: once a is serving.
-            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 1000,
-                                   "1,000 forecasts from a before b joins")  # fmt: skip
+            # Deliberate fault timing, kept on the clock: b starts while a is still starting,
+            # so both startups overlap the 20 s stream. Waiting for a's progress first
+            # serialises them, and on a loaded machine the stream ends before b serves.
+            await asyncio.sleep(4.0)
             b = serve_process(s, log_b, client_id="serve-b")
             await asyncio.to_thread(wait_serving, log_b)  # b owns partitions now
-            # b leaves once it has served for a while.
-            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 500,
-                                   "500 forecasts from b before it leaves",
-                                   match=lambda r: b'"instance":"serve-b"' in r.value)  # fmt: skip
+            await asyncio.sleep(4.0)  # b serves for a while (fault timing, as above)
             assert re.search(r"partition \d+: [1-9]\d* symbols restored", log_b.read_text())
             assert stop(b) == 0, log_tail(log_b)
             await feed
             fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
         finally:
+            if b is not None and b.poll() is None:  # a failed test leaves no process behind
+                b.kill()
+                b.wait()
             rc = stop(a)
         assert rc == 0, log_tail(log_a)
         return forecasts_of(fc)
