@@ -186,23 +186,29 @@ def test_second_instance_joins_and_leaves(
         from streamer.kafka.topics import ensure_topics
 
         await ensure_topics(s)
-        feed = asyncio.create_task(stream(s, 12, n, rate=1000))
+        third = n // 3
         a = serve_process(s, log_a, client_id="serve-a")
+        b: subprocess.Popen[bytes] | None = None
         try:
-            # b joins mid-stream, by progress rather than the clock: once a is serving.
-            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 1000,
-                                   "1,000 forecasts from a before b joins")  # fmt: skip
+            # Paced by progress, not the clock: a alone serves the first third; b joins and
+            # both serve the second; a alone again serves the last after b leaves.
+            await asyncio.to_thread(wait_serving, log_a)
+            await stream_part(s, ticks[:third], rate=1000)
+            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, third, "a's forecasts")
             b = serve_process(s, log_b, client_id="serve-b")
             await asyncio.to_thread(wait_serving, log_b)  # b owns partitions now
-            # b leaves once it has served for a while.
-            await wait_for_records(s.kafka_bootstrap, s.forecasts_topic, 500,
-                                   "500 forecasts from b before it leaves",
-                                   match=lambda r: b'"instance":"serve-b"' in r.value)  # fmt: skip
+            await stream_part(s, ticks[third : 2 * third], rate=1000)
+            await wait_for_records(
+                s.kafka_bootstrap, s.forecasts_topic, 2 * third, "a's and b's forecasts"
+            )
             assert re.search(r"partition \d+: [1-9]\d* symbols restored", log_b.read_text())
             assert stop(b) == 0, log_tail(log_b)
-            await feed
+            await stream_part(s, ticks[2 * third :], rate=1000)
             fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
         finally:
+            if b is not None and b.poll() is None:  # a failed test leaves no process behind
+                b.kill()
+                b.wait()
             rc = stop(a)
         assert rc == 0, log_tail(log_a)
         return forecasts_of(fc)
