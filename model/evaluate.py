@@ -37,7 +37,16 @@ from model.quality import Quality, score_series
 from model.runtime import Runtime
 from model.train import Prepared, prepare
 
-__all__ = ["Evaluation", "ar_forecasts", "evaluate", "metrics", "plot", "stateful_outputs"]
+__all__ = [
+    "Evaluation",
+    "ar_forecasts",
+    "evaluate",
+    "interval_metrics",
+    "metrics",
+    "plot",
+    "scale_free",
+    "stateful_outputs",
+]
 
 AR_ORDER = 60
 
@@ -172,7 +181,7 @@ def evaluate(
         last, actual = s.price[rows], s.price[rows + 1]
         naive = float(np.mean(np.abs(np.diff(s.price[:v]))))
         stateful = np.stack(to_price(stats, last, live[j][:, 0], live[j][:, 1]))
-        rw, quality = _scale_free(s.price, rows, stateful, w)
+        rw, quality = scale_free(s.price, rows, stateful, w)
         per.append(
             SymbolForecasts(
                 symbol=s.symbol,
@@ -194,7 +203,7 @@ def evaluate(
     return Evaluation(n_test=report["n_test"], report=report, per_symbol=per)
 
 
-def _scale_free(
+def scale_free(
     price: np.ndarray, rows: np.ndarray, stateful: np.ndarray, w: int
 ) -> tuple[np.ndarray, Quality]:
     """`model.quality` over one symbol's test forecasts (made at `rows`, `[3, n]` point,

@@ -20,6 +20,7 @@ from prometheus_client import (
     start_http_server,
 )
 
+from streamer.quality import LiveQuality
 from streamer.ticks import REASONS
 
 # Sub-millisecond buckets first: a step is tens of microseconds, a batch a few ms.
@@ -178,6 +179,8 @@ class Metrics:
             ["version", "predictor"],
             registry=r,
         )
+        # Scale-free quality per model version (streamer/quality.py).
+        self.quality = LiveQuality(r)
         self._alpha = 1.0 / ewm_ticks
         self._mse = {"model": math.nan, "persistence": math.nan}
         self._by_version: dict[str, dict[str, float]] = {}

@@ -223,6 +223,7 @@ def test_subscribe_snapshot_updates_heartbeat_resync_unsubscribe(stack: Stack) -
             stats = hb2["stats"]
             assert stats["model"] == stack.predictor.version and stats["connections"] >= 1
             assert stats["rmse"]["model"] > 0 and stats["rmse"]["persistence"] > 0
+            assert stats["quality"]["version"] == stack.predictor.version, stats
 
             await p.send({"op": "list", "id": 3})
             lst = await p.until("ack")
