@@ -104,6 +104,8 @@ class LiveQuality:
         if self.scorer is None or self.scorer.window != window:
             self.scorer = Scorer(window, max_symbols=self.max_symbols)
         res = self.scorer.update(symbols, price, forecast, lower, upper, version, warming)
+        if version not in self.totals:  # its series exist from its first batch, at 0, so
+            self._add(version, Quality())  # a PromQL increase() sees the first forecasts
         for v, q in res.by_version().items():
             self._add(v, q)
         return res
