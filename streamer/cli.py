@@ -161,6 +161,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     if args.plot:
         plot(ev, args.plot)
+    if getattr(args, "collect", None) is not None:
+        args.collect[args.data] = report
     if args.json:
         print(json.dumps(report))
     else:
@@ -236,17 +238,38 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
+    reports: dict[str, dict[str, Any]] = {}
     for name in BUNDLED:
         if _bundled_model(name) is None:
             continue
         png = out / f"{name}.png"
-        ns = argparse.Namespace(data=name, model=None, json=False, plot=str(png))
+        ns = argparse.Namespace(data=name, model=None, json=False, plot=str(png), collect=reports)
         if (rc := _evaluate(ns)) != 0:
             return rc
         print()
         summary[name] = str(png)
+    print(interval_table(reports))
     print("plots: " + ", ".join(summary.values()))
     return 0
+
+
+def interval_table(reports: dict[str, dict[str, Any]]) -> str:
+    """The model's 90% interval against the EWMA random walk's on each series' test split:
+    coverage, mean width and mean Winkler score (log units), and the score ratio."""
+    head = (
+        f"{'series':8s} {'forecasts':>9s} {'coverage':>8s} {'RW cov.':>8s} {'width':>8s} "
+        f"{'RW width':>8s} {'score':>8s} {'RW score':>8s} {'score/RW':>8s} {'err.ratio':>9s}"
+    )
+    lines = ["interval vs a random walk with EWMA volatility (lambda 0.94), log prices:", head]
+    for name, rep in reports.items():
+        q = rep["quality"]
+        m, rw = q["model"], q["ewma_rw"]
+        lines.append(
+            f"{name:8s} {q['n']:9d} {m['coverage90']:8.3f} {rw['coverage90']:8.3f} "
+            f"{m['interval_width']:8.5f} {rw['interval_width']:8.5f} {m['interval_score']:8.5f} "
+            f"{rw['interval_score']:8.5f} {q['interval_score_ratio']:8.4f} {q['error_ratio']:9.4f}"
+        )
+    return "\n".join(lines)
 
 
 def _bundle(args: argparse.Namespace) -> int:
@@ -336,11 +359,14 @@ def _retrain(args: argparse.Namespace) -> int:
 
     Reads a time range of the ticks topic, fits a challenger (fine-tuned from the registry's
     champion, or --from-scratch) on all but the most recent --eval-fraction, scores both
-    walk-forward on that slice beside persistence and AR(60), promotes (and announces on the
-    models topic) if the challenger's RMSE is at least --margin lower, and records the
+    walk-forward on that slice beside persistence, AR(60) and an EWMA random walk, promotes
+    (and announces on the models topic) if the challenger wins by --margin on the scale-free
+    error ratio to persistence (within it: on the interval score), and records the
     attempt, the challenger and a plot in the registry either way. An empty registry is
     seeded from --model. Exit status (one-shot): 0 promoted or rejected, 3 skipped (not
     enough data), 2 refused input; with --every it loops until SIGINT/SIGTERM and exits 0.
+    With --on-drift it tails the forecasts topic and also runs when the live scale-free
+    quality drifts (at most once per --drift-cooldown); each run logs why it started.
     """
     from streamer import retrain
     from streamer.settings import from_args
@@ -350,6 +376,14 @@ def _retrain(args: argparse.Namespace) -> int:
     if args.since and args.since_ms is not None:
         raise ValueError("give --since or --since-ms, not both")
     opts = retrain.options_from_args(args)
+    if args.on_drift:
+        from streamer import ondrift
+
+        return ondrift.loop_on_drift(
+            settings, opts, every_s=retrain.parse_duration(args.every) if args.every else None,
+            cooldown_s=retrain.parse_duration(args.drift_cooldown), metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port, max_runs=args.max_runs,
+        )  # fmt: skip
     if args.every:
         every = retrain.parse_duration(args.every)
         return retrain.loop(settings, opts, every, metrics_host=args.metrics_host,
@@ -534,7 +568,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--margin",
         type=float,
         default=0.01,
-        help="relative RMSE improvement needed to promote (default 0.01 = 1%%)",
+        help="relative improvement needed to promote, on the scale-free error ratio (within "
+        "it, on the interval score) (default 0.01 = 1%%)",
     )
     g.add_argument(
         "--eval-fraction",
@@ -576,6 +611,18 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="DURATION",
         help="run again every DURATION (30m, 1h) until SIGINT/SIGTERM (default: once)",
     )
+    g.add_argument(
+        "--on-drift",
+        action="store_true",
+        help="also run when the live quality drifts (Page-Hinkley on the forecasts topic's "
+        "scale-free error and interval misses); combinable with --every",
+    )
+    g.add_argument(
+        "--drift-cooldown",
+        metavar="DURATION",
+        default="10m",
+        help="with --on-drift: at most one drift-started run per DURATION (default 10m)",
+    )
     g.add_argument("--max-runs", type=int, help="with --every: stop after this many runs")
     g.add_argument(
         "--metrics-host",
@@ -588,8 +635,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=9301,
         help="with --every: Prometheus metrics port (default 9301; 0: none)",
     )
-    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "models_topic", "registry",
-                               "model", "replication", "log_level"])  # fmt: skip
+    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "forecasts_topic",
+                               "models_topic", "registry", "model", "replication",
+                               "log_level"])  # fmt: skip
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("models", help="the model registry: list, promote VERSION, rollback",

@@ -278,6 +278,7 @@ class Options:
     keep: int = 20  # rejected versions kept
     progress: bool = True
     quiet: bool = False  # no summary table on stdout
+    trigger: dict[str, Any] | None = None  # why this attempt started (`--on-drift`)
 
     def range_ms(self) -> tuple[int | None, int | None]:
         since = self.since_ms
@@ -357,6 +358,8 @@ def run_once(settings: Settings, opts: Options, registry: Registry | None = None
                  "out_of_range": read.out_of_range},
         "topic": settings.ticks_topic,
     }  # fmt: skip
+    if opts.trigger is not None:
+        extra["trigger"] = opts.trigger
     error: BaseException | None = None
     if attempt.outcome == "promoted" and version is not None:
         scores = {k: float(v["rmse"]) for k, v in attempt.scores.items()}
