@@ -228,13 +228,16 @@ class Scorer:
         """
         n = len(symbols)
         versions = [version] * n if isinstance(version, str) else list(version)
-        warm = np.zeros(n, bool) if warming is None else np.asarray(warming, bool)
-        p_arr, f_arr = np.asarray(price, np.float64), np.asarray(point, np.float64)
-        lo_arr, hi_arr = np.asarray(lower, np.float64), np.asarray(upper, np.float64)
+        # Plain Python floats: the loop below is per forecast, and numpy scalars are slow.
+        warm = [False] * n if warming is None else np.asarray(warming, bool).tolist()
+        p_arr = np.asarray(price, np.float64).tolist()
+        f_arr = np.asarray(point, np.float64).tolist()
+        lo_arr = np.asarray(lower, np.float64).tolist()
+        hi_arr = np.asarray(upper, np.float64).tolist()
         rows: list[tuple[str, float, float, float, float, float, float]] = []
         state, lam, w = self._state, self.lam, self.window
         for i in range(n):
-            sym, y = symbols[i], float(p_arr[i])
+            sym, y = symbols[i], p_arr[i]
             st = state.get(sym)
             if st is None:
                 st = state[sym] = [0, math.nan, math.nan, math.nan, math.nan, math.nan, None]
@@ -251,7 +254,7 @@ class Scorer:
                 r = math.log(y / last)
                 var = r * r if count == 1 else var + ewma_gain(count, lam) * (r * r - var)
             count += 1
-            fc, lo, hi = float(f_arr[i]), float(lo_arr[i]), float(hi_arr[i])
+            fc, lo, hi = f_arr[i], lo_arr[i], hi_arr[i]
             ok = count >= w and not warm[i] and fc > 0 and lo > 0 and hi > 0 and var >= 0
             st[0], st[1], st[2] = count, y, var
             st[3], st[4], st[5], st[6] = fc, lo, hi, (versions[i] if ok else None)
