@@ -15,6 +15,12 @@ Metrics are in the series' own units: RMSE, MAE, MASE (MAE over the in-sample MA
 one-step naive forecast on the training split), directional accuracy (sign of the predicted
 move vs the actual move; a forecast of no move scores 0.5, so persistence scores 0.5) and,
 for the model, the share of outcomes inside the 90% interval.
+
+Scale-free figures (`report["quality"]`, `model.quality`): log-error RMSE ratio to
+persistence, coverage, and the Winkler interval score beside a random walk with an EWMA
+volatility (RiskMetrics, lambda = 0.94), pooled over symbols so none dominates by its price
+level. The random walk is warmed on the same `window` ticks as the model; the same code
+scores the live stream (`streamer.metrics`).
 """
 
 from __future__ import annotations
@@ -27,10 +33,20 @@ import numpy as np
 from model.config import TrainConfig
 from model.data import Series
 from model.features import to_price
+from model.quality import Quality, score_series
 from model.runtime import Runtime
 from model.train import Prepared, prepare
 
-__all__ = ["Evaluation", "ar_forecasts", "evaluate", "metrics", "plot", "stateful_outputs"]
+__all__ = [
+    "Evaluation",
+    "ar_forecasts",
+    "evaluate",
+    "interval_metrics",
+    "metrics",
+    "plot",
+    "scale_free",
+    "stateful_outputs",
+]
 
 AR_ORDER = 60
 
@@ -47,6 +63,8 @@ class SymbolForecasts:
     window: np.ndarray  # [3, n]
     ar: np.ndarray  # [n]
     naive_mae: float  # in-sample MAE of the naive forecast on the training split
+    rw: np.ndarray | None = None  # EWMA random walk's 90% interval (lower, upper): [2, n]
+    quality: Quality | None = None  # scale-free sums of the carried-state forecasts
 
 
 @dataclass
@@ -172,17 +190,21 @@ def evaluate(
         win = runtime.window_forecast(_windows(prep.x[i], rows, w))
         last, actual = s.price[rows], s.price[rows + 1]
         naive = float(np.mean(np.abs(np.diff(s.price[:v]))))
+        stateful = np.stack(to_price(stats, last, live[j][:, 0], live[j][:, 1]))
+        rw, quality = scale_free(s.price, rows, stateful, w)
         per.append(
             SymbolForecasts(
                 symbol=s.symbol,
                 ts=s.ts[rows + 1],
                 last=last,
                 actual=actual,
-                stateful=np.stack(to_price(stats, last, live[j][:, 0], live[j][:, 1])),
+                stateful=stateful,
                 window=np.stack(to_price(stats, last, win[:, 0], win[:, 1])),
                 ar=ar_forecasts(s.price, t, rows),
                 # MASE's scale is at least one price increment (a constant series has 0).
                 naive_mae=max(naive, float(np.median(s.price[:v])) * stats.min_step, 1e-12),
+                rw=rw,
+                quality=quality,
             )
         )
     report = _report(per)
@@ -190,6 +212,35 @@ def evaluate(
     if skipped:
         report["skipped_symbols"] = skipped
     return Evaluation(n_test=report["n_test"], report=report, per_symbol=per)
+
+
+def scale_free(
+    price: np.ndarray, rows: np.ndarray, stateful: np.ndarray, w: int
+) -> tuple[np.ndarray, Quality]:
+    """`model.quality` over one symbol's test forecasts (made at `rows`, `[3, n]` point,
+    lower, upper in price units), the random walk warmed on the model's warm-up window:
+    the EWMA random walk's interval `[2, n]` in price units and the pooled sums."""
+    start = int(rows[0]) - w + 1
+    m = len(price) - start
+    fc = np.full((3, m), np.nan)
+    fc[:, rows - start] = stateful
+    res = score_series(price[start:], fc[0], fc[1], fc[2], w)
+    if len(res) != len(rows):  # every test forecast resolves (prices are positive)
+        raise ValueError(f"scored {len(res)} of {len(rows)} forecasts: non-positive prices?")
+    last = price[rows]
+    half = res.width_rw / 2
+    return np.stack([last * np.exp(-half), last * np.exp(half)]), res.quality()
+
+
+def interval_metrics(lo: np.ndarray, hi: np.ndarray, actual: np.ndarray) -> dict[str, float]:
+    """Coverage, mean width and mean Winkler score (alpha 0.1) of intervals, price units."""
+    from model.quality import winkler
+
+    return {
+        "coverage90": float(np.mean((actual >= lo) & (actual <= hi))),
+        "interval_width": float(np.mean(hi - lo)),
+        "interval_score": float(np.mean(winkler(lo, hi, actual))),
+    }
 
 
 def _report(per: list[SymbolForecasts]) -> dict[str, Any]:
@@ -212,6 +263,19 @@ def _report(per: list[SymbolForecasts]) -> dict[str, Any]:
         "persistence": metrics(last, last, actual, scale),
         "ar60": metrics(cat["ar"], last, actual, scale),
     }
+    # The EWMA random walk: persistence's point forecast with an EWMA-volatility interval.
+    rw = np.concatenate([p.rw for p in per if p.rw is not None], axis=-1)
+    report["ewma_rw"] = {
+        **report["persistence"],
+        **interval_metrics(rw[0], rw[1], actual),
+    }
+    report["model"]["stateful"].update(
+        {k: v for k, v in interval_metrics(cat["stateful"][1], cat["stateful"][2], actual).items()
+         if k != "coverage90"}
+    )  # fmt: skip
+    quality = sum((p.quality for p in per if p.quality is not None), Quality())
+    report["quality"] = quality.summary()  # scale-free, pooled: model.quality
+    report["interval_score_vs_ewma_rw"] = quality.interval_score_ratio
     p_rmse = report["persistence"]["rmse"]
     report["rmse_vs_persistence"] = {
         "stateful": ratio(report["model"]["stateful"]["rmse"], p_rmse),
@@ -228,6 +292,15 @@ def _report(per: list[SymbolForecasts]) -> dict[str, Any]:
                 "coverage90": float(
                     np.mean((p.actual >= p.stateful[1]) & (p.actual <= p.stateful[2]))
                 ),
+                **(
+                    {}
+                    if p.quality is None
+                    else {
+                        "error_ratio": p.quality.error_ratio,
+                        "interval_score_ratio": p.quality.interval_score_ratio,
+                        "ewma_rw_coverage90": p.quality.summary()["ewma_rw"]["coverage90"],
+                    }
+                ),
             }
             for p in per
         }
@@ -235,25 +308,39 @@ def _report(per: list[SymbolForecasts]) -> dict[str, Any]:
 
 
 def format_table(report: dict[str, Any]) -> str:
-    """Human-readable side-by-side table of a report."""
+    """Human-readable side-by-side table of a report, then the scale-free summary."""
     rows = [
         ("LSTM, carried state (live)", report["model"]["stateful"]),
         ("LSTM, 60-step window (tutorial)", report["model"]["window"]),
         ("persistence (last value)", report["persistence"]),
         ("AR(60), least squares", report["ar60"]),
     ]
+    if "ewma_rw" in report:
+        rows.append(("random walk, EWMA vol (0.94)", report["ewma_rw"]))
     p = report["persistence"]["rmse"]
     lines = [
         f"{'forecaster':34s} {'RMSE':>12s} {'vs persist.':>11s} {'MAE':>12s} {'MASE':>7s} "
-        f"{'dir.acc':>7s} {'cover90':>7s}",
+        f"{'dir.acc':>7s} {'cover90':>7s} {'log width':>9s} {'log score':>9s}",
     ]
+    q = report.get("quality") or {}
+    log_cols = {"LSTM, carried state (live)": q.get("model"),
+                "random walk, EWMA vol (0.94)": q.get("ewma_rw")}  # fmt: skip
     for name, m in rows:
         cov = f"{m['coverage90']:7.3f}" if "coverage90" in m else f"{'-':>7s}"
+        lq = log_cols.get(name)
+        extra = (f" {lq['interval_width']:9.5f} {lq['interval_score']:9.5f}" if lq
+                 else f" {'-':>9s} {'-':>9s}")  # fmt: skip
         lines.append(
             f"{name:34s} {m['rmse']:12.6g} {ratio_text(ratio(m['rmse'], p))} {m['mae']:12.6g} "
-            f"{m['mase']:7.4f} {m['directional_accuracy']:7.3f} {cov}"
+            f"{m['mase']:7.4f} {m['directional_accuracy']:7.3f} {cov}{extra}"
         )
     lines.append(f"{report['n_test']} one-step-ahead test forecasts, walk-forward")
+    if q:
+        lines.append(
+            f"scale-free, pooled over symbols (log prices): error ratio vs persistence "
+            f"{q['error_ratio']:.4f}, coverage {q['coverage90']:.3f}, Winkler interval score "
+            f"vs EWMA random walk {q['interval_score_ratio']:.4f}x"
+        )
     return "\n".join(lines)
 
 

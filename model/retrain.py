@@ -11,12 +11,17 @@
 3. Score champion and challenger walk-forward over the evaluation slice with
    `model.evaluate.evaluate` (the carried-state path the server runs), beside persistence
    and AR(60), which are fitted on everything before the slice.
-4. Promote when the challenger's RMSE is at least `rc.margin` (relative) below the
-   champion's; otherwise reject. Too little data is a skip with the reason, never an error.
+4. Decide on scale-free scores pooled over symbols (`model.quality`: log-price errors, so
+   every symbol counts whatever its price level), `decide_scale_free`: promote when the
+   challenger's error ratio to persistence is at least `rc.margin` (relative) below the
+   champion's; when the two are within the margin of each other, the Winkler interval
+   score decides, by the same margin; otherwise reject. Both are reported, beside
+   persistence, AR(60) and a random walk with an EWMA volatility (RiskMetrics 0.94). Too
+   little data is a skip with the reason, never an error.
 
-The registry bookkeeping (`save_challenger`, `prune`, `attempt_record`), the summary table
-and the plot are here too, as plain functions over files; the Kafka shell that reads the
-ticks, loops and announces is `streamer.jobs.retrain`.
+The registry bookkeeping (`save_challenger`, `prune`, `attempt_record`) is here too, as
+plain functions over files; the summary table and the plot are `model.retrain_report`; the
+Kafka shell that reads the ticks, loops and announces is `streamer.jobs.retrain`.
 """
 
 from __future__ import annotations
@@ -31,7 +36,8 @@ import numpy as np
 from model.checkpoint import LoadedModel
 from model.config import ModelConfig, TrainConfig
 from model.data import DataError, Series
-from model.evaluate import AR_ORDER, Evaluation, evaluate, ratio, ratio_text
+from model.evaluate import AR_ORDER, Evaluation, evaluate
+from model.quality import Quality
 from model.registry import Registry
 from model.train import FitResult, Init, describe, fit
 
@@ -40,9 +46,8 @@ __all__ = [
     "RetrainConfig",
     "attempt_record",
     "decide",
-    "format_summary",
+    "decide_scale_free",
     "min_ticks",
-    "plot",
     "prune",
     "retrain",
     "save_challenger",
@@ -56,7 +61,8 @@ MIN_EVAL_FORECASTS = 10  # per symbol: fewer test forecasts than this is no comp
 class RetrainConfig:
     """How one retraining attempt runs. Fractions are of the ticks read, pooled."""
 
-    margin: float = 0.01  # relative RMSE improvement the challenger needs (0.01 = 1%)
+    margin: float = 0.01  # relative improvement the challenger needs (0.01 = 1%): error
+    # ratio first, interval score when the error ratios are within it of each other
     eval_fraction: float = 0.2  # the most recent part: champion vs challenger, never trained on
     val_fraction: float = 0.1  # before it: early stopping and interval calibration
     from_scratch: bool = False  # fresh weights and statistics instead of fine-tuning
@@ -73,9 +79,11 @@ class RetrainConfig:
 
 @dataclass
 class Attempt:
-    """One attempt's result. `scores` maps champion, challenger, persistence, ar60 to the
-    metrics of `model.evaluate.metrics` (RMSE and MAE in price units) over the same
-    evaluation forecasts; empty when skipped."""
+    """One attempt's result. `scores` maps champion, challenger, persistence, ar60 and
+    ewma_rw to the metrics of `model.evaluate.metrics` (RMSE and MAE in price units) over
+    the same evaluation forecasts, the models' also to the scale-free pooled figures
+    (`error_ratio`, `interval_score_ratio`, `log_rmse`, `interval_score`, `interval_width`,
+    log units; `model.quality`); empty when skipped."""
 
     outcome: Outcome
     reason: str
@@ -89,7 +97,7 @@ class Attempt:
     val_start_ms: int | None = None
     scores: dict[str, dict[str, float]] = field(default_factory=dict)
     n_eval: int = 0  # evaluation forecasts (pooled over symbols)
-    improvement: float | None = None  # 1 - challenger RMSE / champion RMSE
+    improvement: float | None = None  # 1 - challenger / champion error ratio (scale-free)
     challenger: FitResult | None = None
     champion_eval: Evaluation | None = None
     challenger_eval: Evaluation | None = None
@@ -121,6 +129,36 @@ def decide(champion_rmse: float, challenger_rmse: float, margin: float) -> tuple
     if imp > 0:
         return False, f"{vs}: only {imp:.2%} better, margin {margin:.2%}"
     return False, f"{vs}: {-imp:.2%} worse"
+
+
+def decide_scale_free(champion: Quality, challenger: Quality, margin: float) -> tuple[bool, str]:
+    """The promotion rule on pooled scale-free scores over the same forecasts; (promote, why).
+
+    Error ratio (log RMSE over persistence's) first: promote when the challenger's is at
+    least `margin` below the champion's, reject when it is at least `margin` above. Within
+    the margin (on prices, point forecasts rarely differ by more than noise) the Winkler
+    interval score decides: promote when the challenger's is at least `margin` below.
+    """
+    ce, ne = champion.error_ratio, challenger.error_ratio
+    ci, ni = champion.score_model, challenger.score_model
+    if not np.isfinite(ne):
+        return False, "challenger error ratio is not finite (no scored forecasts?)"
+    if not np.isfinite(ce):
+        return True, f"champion error ratio is {ce}; challenger {ne:.4f} wins"
+    if ce <= 0:
+        return False, "champion error ratio is 0; nothing to improve on"
+    imp = 1.0 - ne / ce
+    vs = f"error ratio to persistence: challenger {ne:.4f} vs champion {ce:.4f}"
+    if imp >= margin:
+        return True, f"{vs}: {imp:.2%} better, margin {margin:.2%}"
+    if imp <= -margin:
+        return False, f"{vs}: {-imp:.2%} worse, margin {margin:.2%}"
+    i_imp = 1.0 - ni / ci if ci > 0 else 0.0
+    tie = f"{vs} (within the margin {margin:.2%}); interval score "
+    tie += f"{challenger.interval_score_ratio:.4f} vs {champion.interval_score_ratio:.4f} x EWMA RW"
+    if i_imp >= margin:
+        return True, f"{tie}: {i_imp:.2%} better"
+    return False, f"{tie}: {i_imp:+.2%}, not {margin:.2%} better"
 
 
 def _usable(series: list[Series], need: int) -> tuple[list[Series], list[str]]:
@@ -175,21 +213,44 @@ def retrain(series: list[Series], champion: LoadedModel, rc: RetrainConfig) -> A
     base.challenger, base.champion_eval, base.challenger_eval = result, ev_champ, ev_chall
     base.val_start_ms, base.eval_start_ms = result.split.val_start, result.split.test_start
     rep_c, rep_n = ev_champ.report, ev_chall.report
+    q_c, q_n = _pooled(ev_champ), _pooled(ev_chall)
+    rw = q_n.summary()["ewma_rw"]
     base.scores = {
-        "champion": rep_c["model"]["stateful"],
-        "challenger": rep_n["model"]["stateful"],
-        "persistence": rep_n["persistence"],
+        "champion": {**rep_c["model"]["stateful"], **_scale_free_scores(q_c)},
+        "challenger": {**rep_n["model"]["stateful"], **_scale_free_scores(q_n)},
+        "persistence": {**rep_n["persistence"], "log_rmse": rw["log_rmse"]},
         "ar60": rep_n["ar60"],
+        "ewma_rw": {
+            **rep_n["ewma_rw"],
+            "log_rmse": rw["log_rmse"],
+            "log_interval_score": rw["interval_score"],
+            "log_interval_width": rw["interval_width"],
+        },
     }
     base.n_eval = int(rep_n["n_test"])
     trained_until = champion.metadata.get("data", {}).get("test_start_ms")
     base.champion_overlap = trained_until is not None and trained_until > base.eval_start_ms
-    c_rmse, n_rmse = base.scores["champion"]["rmse"], base.scores["challenger"]["rmse"]
-    base.improvement = 1.0 - n_rmse / c_rmse if c_rmse > 0 else None
-    promote, why = decide(c_rmse, n_rmse, rc.margin)
+    c_err, n_err = q_c.error_ratio, q_n.error_ratio
+    base.improvement = 1.0 - n_err / c_err if c_err > 0 else None
+    promote, why = decide_scale_free(q_c, q_n, rc.margin)
     base.outcome, base.reason = ("promoted" if promote else "rejected"), why
     base.seconds = time.perf_counter() - t0
     return base
+
+
+def _pooled(ev: Evaluation) -> Quality:
+    return sum((p.quality for p in ev.per_symbol if p.quality is not None), Quality())
+
+
+def _scale_free_scores(q: Quality) -> dict[str, float]:
+    m = q.summary()["model"]
+    return {
+        "error_ratio": q.error_ratio,
+        "interval_score_ratio": q.interval_score_ratio,
+        "log_rmse": m["log_rmse"],
+        "log_interval_score": m["interval_score"],
+        "log_interval_width": m["interval_width"],
+    }
 
 
 # --------------------------------------------------------------------- registry bookkeeping
@@ -292,77 +353,3 @@ def attempt_record(
 
 
 # --------------------------------------------------------------------- report
-def format_summary(a: Attempt) -> str:
-    """Champion vs challenger vs persistence vs AR(60) on the evaluation slice, and the
-    decision with its reason."""
-    lines = []
-    if a.scores:
-        p = a.scores["persistence"]["rmse"]
-        lines.append(
-            f"{'forecaster':36s} {'RMSE':>12s} {'vs persist.':>11s} {'MAE':>12s} {'MASE':>7s} "
-            f"{'dir.acc':>7s} {'cover90':>7s}"
-        )
-        names = {
-            "champion": f"champion {a.champion_version}",
-            "challenger": "challenger",
-            "persistence": "persistence (last value)",
-            "ar60": f"AR({AR_ORDER}), least squares",
-        }
-        for key, label in names.items():
-            m = a.scores[key]
-            cov = f"{m['coverage90']:7.3f}" if "coverage90" in m else f"{'-':>7s}"
-            lines.append(
-                f"{label[:36]:36s} {m['rmse']:12.6g} {ratio_text(ratio(m['rmse'], p))} "
-                f"{m['mae']:12.6g} "
-                f"{m['mase']:7.4f} {m['directional_accuracy']:7.3f} {cov}"
-            )
-        lines.append(
-            f"{a.n_eval} one-step-ahead forecasts over the evaluation slice "
-            f"({len(a.symbols)} symbol(s), {a.n_ticks} ticks read)"
-        )
-        if a.champion_overlap:
-            lines.append("note: the champion was trained on part of this slice (it is favoured)")
-    lines.append(f"decision: {a.outcome.upper()}: {a.reason}")
-    return "\n".join(lines)
-
-
-def plot(a: Attempt, path: str, last_n: int = 200, max_symbols: int = 3) -> bool:
-    """Actual vs champion vs challenger (with the challenger's 90% band) over the last
-    `last_n` evaluation ticks of up to `max_symbols` symbols, one panel each. Returns False
-    (writing nothing) for an attempt without an evaluation."""
-    if a.champion_eval is None or a.challenger_eval is None:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    champ = {p.symbol: p for p in a.champion_eval.per_symbol}
-    shown = [p for p in a.challenger_eval.per_symbol if p.symbol in champ][:max_symbols]
-    if not shown:
-        return False
-    fig, axes = plt.subplots(len(shown), 1, figsize=(12, 3.4 * len(shown)), squeeze=False)
-    for ax, p in zip(axes[:, 0], shown, strict=True):
-        c = champ[p.symbol]
-        sl = slice(-last_n, None)
-        t = p.ts[sl].astype("datetime64[ms]").astype(object)
-        ax.fill_between(t, p.stateful[1][sl], p.stateful[2][sl], color="tab:orange", alpha=0.25,
-                        linewidth=0, label="challenger 90% interval")  # fmt: skip
-        ax.plot(t, p.actual[sl], color="black", linewidth=0.9, label="actual")
-        ax.plot(t, c.stateful[0][sl], color="tab:blue", linewidth=0.9, label="champion")
-        ax.plot(t, p.stateful[0][sl], color="tab:orange", linewidth=0.9, label="challenger")
-
-        def rmse(x: np.ndarray, actual: np.ndarray = p.actual) -> float:
-            return float(np.sqrt(np.mean((x - actual) ** 2)))
-
-        ax.set_title(
-            f"{p.symbol}: RMSE champion {rmse(c.stateful[0]):.4g}, challenger "
-            f"{rmse(p.stateful[0]):.4g}, persistence {rmse(p.last):.4g}"
-        )
-        ax.grid(alpha=0.3)
-        ax.legend(loc="upper left", fontsize=8)
-    fig.suptitle(f"{a.outcome}: {a.reason}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return True

@@ -21,6 +21,7 @@ from prometheus_client import (
 )
 
 from streamer.core.ticks import REASONS, SKIP_REASONS
+from streamer.quality import LiveQuality
 
 # Sub-millisecond buckets first: a step is tens of microseconds, a batch a few ms.
 LATENCY_BUCKETS = (
@@ -114,7 +115,7 @@ class Metrics:
         self.live_rmse = Gauge(
             "tickcast_live_rmse",
             "Exponentially weighted RMSE of next-tick forecasts (price units)",
-            ["model"],
+            ["forecaster"],
             registry=r,
         )
         # The websocket feed (streamer/feed/server.py).
@@ -180,16 +181,18 @@ class Metrics:
         self.model_announced_rmse = Gauge(
             "tickcast_model_announced_rmse",
             "RMSE on the retrain job's evaluation slice, from the latest announcement",
-            ["model"],
+            ["forecaster"],
             registry=r,
         )
         self.live_rmse_by_version = Gauge(
             "tickcast_live_rmse_by_version",
             "Exponentially weighted RMSE of next-tick forecasts per model version that made "
             "them (the last 3 versions; persistence over the same ticks beside it)",
-            ["version", "model"],
+            ["version", "forecaster"],
             registry=r,
         )
+        # Scale-free quality per model version (streamer/quality.py).
+        self.quality = LiveQuality(r)
         self._alpha = 1.0 / ewm_ticks
         self._mse = {"model": math.nan, "persistence": math.nan}
         self._by_version: dict[str, dict[str, float]] = {}

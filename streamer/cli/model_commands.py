@@ -190,6 +190,8 @@ def _evaluate(args: argparse.Namespace) -> int:
     }
     if args.plot:
         plot(ev, args.plot)
+    if getattr(args, "collect", None) is not None:
+        args.collect[args.data] = report
     if args.json:
         print(json.dumps(report))
     else:
@@ -217,17 +219,38 @@ def _report(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     summary = {}
+    reports: dict[str, dict[str, Any]] = {}
     for name in BUNDLED:
         if bundled_model(name) is None:
             continue
         png = out / f"{name}.png"
-        ns = argparse.Namespace(data=name, model=None, json=False, plot=str(png))
+        ns = argparse.Namespace(data=name, model=None, json=False, plot=str(png), collect=reports)
         if (rc := _evaluate(ns)) != 0:
             return rc
         print()
         summary[name] = str(png)
+    print(interval_table(reports))
     print("plots: " + ", ".join(summary.values()))
     return 0
+
+
+def interval_table(reports: dict[str, dict[str, Any]]) -> str:
+    """The model's 90% interval against the EWMA random walk's on each series' test split:
+    coverage, mean width and mean Winkler score (log units), and the score ratio."""
+    head = (
+        f"{'series':8s} {'forecasts':>9s} {'coverage':>8s} {'RW cov.':>8s} {'width':>8s} "
+        f"{'RW width':>8s} {'score':>8s} {'RW score':>8s} {'score/RW':>8s} {'err.ratio':>9s}"
+    )
+    lines = ["interval vs a random walk with EWMA volatility (lambda 0.94), log prices:", head]
+    for name, rep in reports.items():
+        q = rep["quality"]
+        m, rw = q["model"], q["ewma_rw"]
+        lines.append(
+            f"{name:8s} {q['n']:9d} {m['coverage90']:8.3f} {rw['coverage90']:8.3f} "
+            f"{m['interval_width']:8.5f} {rw['interval_width']:8.5f} {m['interval_score']:8.5f} "
+            f"{rw['interval_score']:8.5f} {q['interval_score_ratio']:8.4f} {q['error_ratio']:9.4f}"
+        )
+    return "\n".join(lines)
 
 
 def _bundle(args: argparse.Namespace) -> int:

@@ -31,7 +31,8 @@ def register(sub: Subparsers) -> None:
         "--margin",
         type=float,
         default=0.01,
-        help="relative RMSE improvement needed to promote (default 0.01 = 1%%)",
+        help="relative improvement needed to promote, on the scale-free error ratio (within "
+        "it, on the interval score) (default 0.01 = 1%%)",
     )
     g.add_argument(
         "--eval-fraction",
@@ -73,6 +74,18 @@ def register(sub: Subparsers) -> None:
         metavar="DURATION",
         help="run again every DURATION (30m, 1h) until SIGINT/SIGTERM (default: once)",
     )
+    g.add_argument(
+        "--on-drift",
+        action="store_true",
+        help="also run when the live quality drifts (Page-Hinkley on the forecasts topic's "
+        "scale-free error and interval misses); combinable with --every",
+    )
+    g.add_argument(
+        "--drift-cooldown",
+        metavar="DURATION",
+        default="10m",
+        help="with --on-drift: at most one drift-started run per DURATION (default 10m)",
+    )
     g.add_argument("--max-runs", type=int, help="with --every: stop after this many runs")
     g.add_argument(
         "--metrics-host",
@@ -85,9 +98,9 @@ def register(sub: Subparsers) -> None:
         default=9301,
         help="with --every: Prometheus metrics port (default 9301; 0: none)",
     )
-    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "models_topic", "registry",
-                               "model", "replication_factor", "log_level", "format",
-                               "ts_unit"])  # fmt: skip
+    settings.add_arguments(p, ["kafka_bootstrap", "ticks_topic", "forecasts_topic",
+                               "models_topic", "registry", "model", "replication_factor",
+                               "log_level", "format", "ts_unit"])  # fmt: skip
     p.set_defaults(func=_retrain)
 
     p = sub.add_parser("models", help="the model registry: list, promote VERSION, rollback",
@@ -103,11 +116,14 @@ def _retrain(args: argparse.Namespace) -> int:
 
     Reads a time range of the ticks topic, fits a challenger (fine-tuned from the registry's
     champion, or --from-scratch) on all but the most recent --eval-fraction, scores both
-    walk-forward on that slice beside persistence and AR(60), promotes (and announces on the
-    models topic) if the challenger's RMSE is at least --margin lower, and records the
+    walk-forward on that slice beside persistence, AR(60) and an EWMA random walk, promotes
+    (and announces on the models topic) if the challenger wins by --margin on the scale-free
+    error ratio to persistence (within it: on the interval score), and records the
     attempt, the challenger and a plot in the registry either way. An empty registry is
     seeded from --model. Exit status (one-shot): 0 promoted or rejected, 3 skipped (not
     enough data), 2 refused input; with --every it loops until SIGINT/SIGTERM and exits 0.
+    With --on-drift it tails the forecasts topic and also runs when the live scale-free
+    quality drifts (at most once per --drift-cooldown); each run logs why it started.
     """
     from streamer.jobs import retrain
     from streamer.settings import from_args
@@ -118,6 +134,14 @@ def _retrain(args: argparse.Namespace) -> int:
         raise ValueError("give --since or --since-ms, not both")
     opts = retrain.options_from_args(args)
     jax()
+    if args.on_drift:
+        from streamer.jobs import ondrift
+
+        return ondrift.loop_on_drift(
+            settings, opts, every_s=retrain.parse_duration(args.every) if args.every else None,
+            cooldown_s=retrain.parse_duration(args.drift_cooldown), metrics_host=args.metrics_host,
+            metrics_port=args.metrics_port, max_runs=args.max_runs,
+        )  # fmt: skip
     if args.every:
         every = retrain.parse_duration(args.every)
         return retrain.loop(settings, opts, every, metrics_host=args.metrics_host,

@@ -38,12 +38,11 @@ from model.registry import Registry, RegistryError
 from model.retrain import (
     RetrainConfig,
     attempt_record,
-    format_summary,
-    plot,
     prune,
     retrain,
     save_challenger,
 )
+from model.retrain_report import format_summary, plot
 from streamer.core.ticks import make_format
 from streamer.jobs.registry_ops import announce_change
 from streamer.jobs.tick_range import read_ticks
@@ -98,7 +97,7 @@ class RetrainMetrics:
         self.score = Gauge(
             "tickcast_retrain_score",
             "Evaluation-slice RMSE of the last attempt (price units)",
-            ["model"],
+            ["forecaster"],
             registry=r,
         )
         self.last_success = Gauge(
@@ -129,6 +128,7 @@ class Options:
     keep: int = 20  # rejected versions kept
     progress: bool = True
     quiet: bool = False  # no summary table on stdout
+    trigger: dict[str, Any] | None = None  # why this attempt started (`--on-drift`)
 
     def range_ms(self) -> tuple[int | None, int | None]:
         since = self.since_ms
@@ -194,6 +194,8 @@ def run_once(settings: Settings, opts: Options, registry: Registry | None = None
                  "out_of_range": read.out_of_range},
         "topic": settings.ticks_topic,
     }  # fmt: skip
+    if opts.trigger is not None:
+        extra["trigger"] = opts.trigger
     error: BaseException | None = None
     if attempt.outcome == "promoted" and version is not None:
         scores = {k: float(v["rmse"]) for k, v in attempt.scores.items()}

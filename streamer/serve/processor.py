@@ -112,6 +112,7 @@ class StreamProcessor:
                 "max": round(lat[-1], 2) if lat else None,
             },
             "rmse": rmse,
+            "quality": self.metrics.quality.status(self.engine.version),
             "symbols": len(self.engine),
             "ready": self.ready,
         }
@@ -373,6 +374,8 @@ class StreamProcessor:
         m.batch_ticks.observe(len(values))
         m.step_seconds.observe(applied.step_s)
         m.record_errors(f.sq_err_model, f.sq_err_persistence, f.n_err, f.version)
+        m.quality.record(f.symbols, f.price, f.forecast, f.lower, f.upper, f.warming, f.version,
+                         self.engine.window)  # fmt: skip
         m.active_symbols.set(len(self.engine))
         assert self._consumer is not None
         for p, nxt in advanced.items():

@@ -3,7 +3,10 @@ and a live `tickcast retrain --every` on the session's Kafka broker, with the re
 scrape configuration (targets and intervals rewritten for the test) and alert rules.
 
 Checks the key series through Prometheus' HTTP query API, the rules as Prometheus loaded
-them (and two of them active on live conditions: a refused model, dead letters), and the
+them (and four of them active on live conditions: a refused model, dead letters, and the
+live-quality alerts on a deliberately miscalibrated model: its interval a tenth as wide and
+its point forecast biased; their `for` shortened to seconds here, promtool's unit tests in
+deploy/prometheus/alerts.test.yml hold the 15 minutes), and the
 Grafana dashboard: every metric name its queries use is one the processes export, and every
 query runs in Prometheus and returns series carrying the labels its legend names.
 
@@ -12,6 +15,7 @@ One serve, one retrain job and one Prometheus for the whole module."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -50,7 +54,7 @@ N_SYMBOLS, N_TICKS, N_BAD = 20, 3000, 60  # 2% dead letters: above the 1% alert
 SERVE_JOB, RETRAIN_JOB = "tickcast-serve", "tickcast-retrain"
 
 pytestmark = pytest.mark.prometheus  # and kafka, through the `kafka` fixture
-STOCKS_VERSION = json.loads((ROOT / "model/bundled/stocks/metadata.json").read_text())["version"]
+QUALITY_ALERTS = ("TickcastIntervalMiscalibrated", "TickcastErrorRatioHigh")
 # Grafana's template variables, as a query with "All" instances would get them.
 TEMPLATE = {"$__rate_interval": "1m", "$__interval": "5s", "$__range": "5m", "$instance": ".*"}
 # Series that only exist after an event this module does not cause.
@@ -67,6 +71,7 @@ class Stack:
     retrain_port: int
     url: str  # Prometheus
     feed: FeedClient
+    version: str  # the (miscalibrated) model serve runs
 
     def query(self, expr: str) -> list[dict[str, Any]]:
         body = get_json(f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": expr}))
@@ -140,12 +145,40 @@ def stop(proc: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
             proc.wait(10)
 
 
-def prometheus_config(serve: str, retrain: str, self_addr: str) -> dict[str, Any]:
+def miscalibrated(out: Path) -> str:
+    """The bundled stocks model with its interval a tenth as wide and its return mean moved
+    by 0.05 (a biased point forecast), saved to `out`; returns its version."""
+    from model import checkpoint
+
+    pred = checkpoint.load(ROOT / "model/bundled/stocks")
+    stats = dataclasses.replace(pred.stats, interval_scale=pred.stats.interval_scale * 0.1,
+                                ret_mean=pred.stats.ret_mean + 0.05)  # fmt: skip
+    return checkpoint.save(out, pred.model, stats, {"data": {"source": "miscalibrated"}})
+
+
+def rules_for_test(tmp: Path) -> Path:
+    """alerts.yml with the live-quality alerts' `for` shortened to 2 s (the test cannot wait
+    15 minutes; promtool's unit tests check the 15)."""
+    spec = yaml.safe_load((DEPLOY / "prometheus" / "alerts.yml").read_text())
+    for g in spec["groups"]:
+        for r in g["rules"]:
+            if r["alert"] in QUALITY_ALERTS:
+                assert r["for"] == "15m", r
+                r["for"] = "2s"
+    path = tmp / "alerts.yml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
+def prometheus_config(
+    serve: str, retrain: str, self_addr: str, rules: Path | None = None
+) -> dict[str, Any]:
     """deploy/prometheus/prometheus.yml with the compose addresses replaced by the test's,
-    1 s intervals and the rule files by absolute path."""
+    1 s intervals and the rule files by absolute path (`rules` instead of alerts.yml)."""
     cfg = yaml.safe_load((DEPLOY / "prometheus" / "prometheus.yml").read_text())
     cfg["global"].update(scrape_interval="1s", evaluation_interval="1s")
-    cfg["rule_files"] = [str(DEPLOY / "prometheus" / f) for f in cfg["rule_files"]]
+    cfg["rule_files"] = [str(rules if rules and f == "alerts.yml" else DEPLOY / "prometheus" / f)
+                         for f in cfg["rule_files"]]  # fmt: skip
     addr = {"serve:9300": serve, "retrain:9301": retrain, "localhost:9090": self_addr}
     for job in cfg["scrape_configs"]:
         for sc in job["static_configs"]:
@@ -172,8 +205,10 @@ def stack(kafka: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Itera
         pytest.fail(f"no Prometheus at {PROMETHEUS}: run `make prometheus`", pytrace=False)
     tmp = tmp_path_factory.mktemp("prometheus")
     serve_port, retrain_port, prom_port = free_port(), free_port(), free_port()
+    version = miscalibrated(tmp / "miscalibrated")
     settings = fresh_settings(kafka.bootstrap, metrics_port=serve_port, feed_port=free_port(),
-                              registry=str(tmp / "registry"))  # fmt: skip
+                              registry=str(tmp / "registry"),
+                              model=str(tmp / "miscalibrated"))  # fmt: skip
     procs: list[subprocess.Popen[bytes]] = []
     feed: FeedClient | None = None
     try:
@@ -195,7 +230,7 @@ def stack(kafka: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Itera
             ))  # fmt: skip
         config = tmp / "prometheus.yml"
         addrs = (f"127.0.0.1:{p}" for p in (serve_port, retrain_port, prom_port))
-        config.write_text(yaml.safe_dump(prometheus_config(*addrs)))
+        config.write_text(yaml.safe_dump(prometheus_config(*addrs, rules_for_test(tmp))))
         prom_log = tmp / "prometheus.log"
         with open(prom_log, "ab") as fh:
             procs.append(subprocess.Popen(
@@ -208,7 +243,7 @@ def stack(kafka: LocalBroker, tmp_path_factory: pytest.TempPathFactory) -> Itera
         wait_serving(serve_log)
         feed = FeedClient(settings.feed_port)
         feed.start()
-        s = Stack(settings, serve_port, retrain_port, url, feed)
+        s = Stack(settings, serve_port, retrain_port, url, feed, version)
         wait_http(f"http://127.0.0.1:{retrain_port}/metrics", procs[1], retrain_log, 120)
         # Prometheus has seen serve before any tick or refusal: counters start from 0.
         s.wait(f'tickcast_model_refused_total{{job="{SERVE_JOB}",reason="missing"}}',
@@ -268,7 +303,7 @@ def test_lag_latency_and_error_series(stack: Stack) -> None:
         assert math.isfinite(p) and 0 < p < 5, (q, p)
     batches = stack.value(f"tickcast_batch_seconds_count{sel}")
     assert batches >= 1
-    rmse = {r["metric"]["model"]: float(r["value"][1])
+    rmse = {r["metric"]["forecaster"]: float(r["value"][1])
             for r in stack.query(f"tickcast_live_rmse{sel}")}  # fmt: skip
     assert set(rmse) == {"model", "persistence"}
     assert all(math.isfinite(v) and v > 0 for v in rmse.values()), rmse
@@ -293,7 +328,7 @@ def test_feed_series(stack: Stack) -> None:
 def test_model_info(stack: Stack) -> None:
     info = stack.query(f'tickcast_model_info{{job="{SERVE_JOB}"}}')
     assert len(info) == 1 and info[0]["value"][1] == "1"
-    assert info[0]["metric"]["version"] == STOCKS_VERSION  # the refused version did not swap
+    assert info[0]["metric"]["version"] == stack.version  # the refused version did not swap
     assert stack.value(f'tickcast_model_swaps_total{{job="{SERVE_JOB}"}}') == 0
 
 
@@ -324,18 +359,30 @@ def test_alert_rules_load_and_evaluate(stack: Stack) -> None:
     for r in rules:
         assert r["health"] == "ok" and not r.get("lastError"), r
     # The refused announcement fires at once (no `for`); dead letters at 2% are pending
-    # (their `for` is 10 minutes).
+    # (their `for` is 10 minutes); the miscalibrated model's interval and error fire (their
+    # `for` shortened to 2 s here).
+    firing = {"TickcastModelRefused", *QUALITY_ALERTS}
     active = stack.wait(
         "ALERTS",
         lambda res: (
-            {"TickcastModelRefused", "TickcastDeadLetters"}
-            <= {a["metric"]["alertname"] for a in res}
+            {"TickcastDeadLetters"} <= {a["metric"]["alertname"] for a in res}
+            and firing <= {a["metric"]["alertname"] for a in res
+                           if a["metric"]["alertstate"] == "firing"}
         ),
-    )
+        timeout=60,
+    )  # fmt: skip
     state = {a["metric"]["alertname"]: a["metric"]["alertstate"] for a in active}
     refused = [a["metric"] for a in active if a["metric"]["alertname"] == "TickcastModelRefused"]
     assert refused[0]["reason"] == "missing" and state["TickcastModelRefused"] == "firing"
     assert state["TickcastDeadLetters"] in ("pending", "firing")
+    for name in QUALITY_ALERTS:
+        (alert,) = [a["metric"] for a in active if a["metric"]["alertname"] == name]
+        assert alert["version"] == stack.version and alert["alertstate"] == "firing", alert
+    # What fired them, through Prometheus: the live gauges of the serving version.
+    sel = f'{{job="{SERVE_JOB}",version="{stack.version}"}}'
+    assert stack.value(f"tickcast_live_coverage{sel}") < 0.5
+    assert stack.value(f"tickcast_live_error_ratio{sel}") > 1.05
+    assert stack.value(f"tickcast_quality_forecasts_total{sel}") >= 100
     quiet = {"TickcastTargetDown", "TickcastForecastsStalled", "TickcastPartitionMismatch",
              "TickcastRetrainFailed", "TickcastRetrainStale", "TickcastFeedFull"}  # fmt: skip
     assert not quiet & set(state), state
@@ -402,6 +449,10 @@ def test_dashboard_metric_names_are_exported(stack: Stack) -> None:
                  "tickcast_feed_conflated_total", "tickcast_feed_closed_total",
                  "tickcast_ticks_rejected_total", "tickcast_retrain_runs_total",
                  "tickcast_retrain_score", "tickcast_step_seconds_bucket",
+                 "tickcast_live_error_ratio", "tickcast_live_coverage",
+                 "tickcast_live_interval_score_ratio", "tickcast_quality_forecasts_total",
+                 "tickcast_quality_covered_total", "tickcast_quality_sq_log_error_total",
+                 "tickcast_quality_interval_score_total",
                  "tickcast_batch_seconds_bucket"):  # fmt: skip
         assert name in used, name
 

@@ -132,3 +132,21 @@ def test_plot_writes_a_png(untrained, tmp_path):
     out = tmp_path / "p.png"
     plot(evaluate(series, params, cfg, stats), str(out))
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 20_000
+
+
+def test_scale_free_quality_and_the_ewma_random_walk_in_the_report(untrained):
+    cfg, series, params, stats = untrained
+    rep = evaluate(series, params, cfg, stats).report
+    q = rep["quality"]
+    assert q["n"] == rep["n_test"]
+    assert rep["interval_score_vs_ewma_rw"] == q["interval_score_ratio"]
+    # Same outcomes, same coverage definition: the price-unit and log figures agree.
+    assert rep["ewma_rw"]["coverage90"] == pytest.approx(q["ewma_rw"]["coverage90"])
+    assert rep["model"]["stateful"]["coverage90"] == pytest.approx(q["coverage90"])
+    assert 0.5 < rep["ewma_rw"]["coverage90"] <= 1.0
+    assert rep["ewma_rw"]["rmse"] == rep["persistence"]["rmse"]
+    # Every symbol scaled by its own factor: the pooled scale-free figures do not move.
+    scaled = [dataclasses.replace(s, price=s.price * 10.0 ** (4 * k)) for k, s in enumerate(series)]
+    q2 = evaluate(scaled, params, cfg, stats).report["quality"]
+    for k in ("error_ratio", "coverage90", "interval_score_ratio"):
+        assert q2[k] == pytest.approx(q[k], rel=1e-4), k

@@ -15,17 +15,18 @@ from model.config import ModelConfig, TrainConfig
 from model.data import Series, synthetic
 from model.features import FeatureStats
 from model.lstm import LSTMForecaster
+from model.quality import Quality
 from model.registry import Registry
 from model.retrain import (
     RetrainConfig,
     decide,
-    format_summary,
+    decide_scale_free,
     min_ticks,
-    plot,
     prune,
     retrain,
     save_challenger,
 )
+from model.retrain_report import format_summary, plot
 from model.train import Init, fit
 
 CONFIG = ModelConfig(layers=2, units=8, dropout=0.1, window=12, features=("ret", "dlogvol"))
@@ -89,16 +90,44 @@ def test_challenger_fine_tuned_on_the_new_regime_is_promoted(promoted, champion)
     keep = dataclasses.replace(a.challenger.stats, interval_scale=champion.stats.interval_scale)
     assert keep == champion.stats
     assert 0.7 <= a.scores["challenger"]["coverage90"] <= 1.0
+    # The decision is on the scale-free pooled scores, each reported; the EWMA random walk
+    # stands beside persistence and AR(60).
+    ch, cp = a.scores["challenger"], a.scores["champion"]
+    assert ch["error_ratio"] < 0.9 < 1.0 < cp["error_ratio"]
+    assert a.improvement == pytest.approx(1 - ch["error_ratio"] / cp["error_ratio"])
+    assert "error ratio to persistence" in a.reason
+    assert ch["interval_score_ratio"] > 0 and cp["interval_score_ratio"] > 0
+    assert a.scores["ewma_rw"]["rmse"] == a.scores["persistence"]["rmse"]
+    assert 0.5 <= a.scores["ewma_rw"]["coverage90"] <= 1.0
+    summary = format_summary(a)
+    assert "random walk, EWMA vol" in summary and "int.score" in summary
 
 
 @pytest.mark.heavy  # fits a champion (module fixture)
 def test_no_better_challenger_is_rejected(drift, champion, promoted):
-    rc = RetrainConfig(margin=0.5, train=TRAIN)
+    # A margin no challenger reaches, on the error ratio nor (within it) the interval score.
+    rc = RetrainConfig(margin=0.9, train=TRAIN)
     a = retrain(cut(drift, HALF, N), champion, rc)
-    assert a.outcome == "rejected" and "margin 50.00%" in a.reason
+    assert a.outcome == "rejected" and "margin 90.00%" in a.reason, a.reason
     assert a.scores["challenger"]["rmse"] == pytest.approx(promoted.scores["challenger"]["rmse"])
     assert decide(1.0, 1.0, 0.01)[0] is False and decide(1.0, 1.2, 0.0)[0] is False
     assert decide(1.0, 0.98, 0.01)[0] is True and decide(1.0, 0.995, 0.01)[0] is False
+
+
+def test_decide_scale_free_error_first_then_interval() -> None:
+    def q(sq_model: float, score: float) -> Quality:
+        return Quality(n=100, sq_model=sq_model, sq_persistence=1.0, score_model=score,
+                       score_rw=10.0)  # fmt: skip
+
+    # Error ratio 1.0 -> 0.9 (10% better): promoted whatever the interval.
+    assert decide_scale_free(q(1.0, 9.0), q(0.81, 12.0), 0.01)[0] is True
+    # 10% worse: rejected even with a much better interval.
+    assert decide_scale_free(q(1.0, 9.0), q(1.21, 5.0), 0.01)[0] is False
+    # Within the margin (0.5% better): the interval score decides.
+    ok, why = decide_scale_free(q(1.0, 9.0), q(0.99, 8.0), 0.01)
+    assert ok and "interval score" in why and "11.11% better" in why
+    assert decide_scale_free(q(1.0, 9.0), q(0.99, 8.99), 0.01)[0] is False
+    assert decide_scale_free(q(1.0, 9.0), Quality(), 0.01)[0] is False
 
 
 @pytest.mark.heavy  # fits a champion (module fixture)

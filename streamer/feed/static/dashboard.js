@@ -669,14 +669,19 @@
     const lat = s.latency_ms || {};
     const none = lat.p50 == null && lat.max == null;
     setText("s-lat", none ? "–" : `${fmtMs(lat.p50)} / ${fmtMs(lat.max)}`);
-    const r = s.rmse || {};
-    if (r.model == null && r.persistence == null) {
-      setText("s-rmse", "–");
+    // Scale-free quality of the serving version, pooled over symbols on log prices (the
+    // server's streamer/quality.py; the same definitions as `tickcast evaluate --json`).
+    const q = s.quality || {};
+    if (q.error_ratio == null && q.coverage90 == null) {
+      setText("s-quality", "–");
     } else {
-      const ratio = r.persistence > 0 && Number.isFinite(r.model) ? r.model / r.persistence : null;
-      const both = `${fmtErr(r.model)} / ${fmtErr(r.persistence)}`;
-      const text = ratio == null ? both : `${both}  (×${ratio.toFixed(3)})`;
-      setText("s-rmse", text, ratio == null ? "" : ratio < 1 ? "good" : "bad");
+      const f3 = (v) => (v == null || !Number.isFinite(v) ? "–" : v.toFixed(3));
+      const cov = q.coverage90 == null ? "–" : `${(100 * q.coverage90).toFixed(1)}%`;
+      const text = `×${f3(q.error_ratio)} / ${cov} / ×${f3(q.interval_score_ratio)}`;
+      const off = q.coverage90 != null && (q.coverage90 < 0.85 || q.coverage90 > 0.95);
+      const bad = off || (q.error_ratio != null && q.error_ratio > 1.05);
+      setText("s-quality", text, bad ? "bad" : "good");
+      $("s-quality").title = `${q.n} scored forecasts of ${q.version}`;
     }
     setText("s-symbols", s.symbols == null ? "–" : String(s.symbols));
     setText("s-conns", s.connections == null ? "–" : String(s.connections));

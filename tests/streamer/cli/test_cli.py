@@ -84,6 +84,11 @@ def test_clear_errors():
 def test_evaluating_on_a_period_the_model_trained_on_is_flagged():
     own = json.loads(tickcast("evaluate", "--data", "msft", "--json").stdout)
     assert own["test_overlaps_training_period"] is False
+    # The scale-free block (model/quality.py) and the EWMA random walk beside the baselines.
+    q = own["quality"]
+    assert q["n"] == own["n_test"] and 0.8 < q["coverage90"] < 1.0 and 0.9 < q["error_ratio"] < 1.1
+    assert own["interval_score_vs_ewma_rw"] == q["interval_score_ratio"]
+    assert {"coverage90", "interval_width", "interval_score"} <= set(own["ewma_rw"])
     proc = tickcast("evaluate", "--data", "stocks", "--model", "model/bundled/msft", "--json")
     assert json.loads(proc.stdout)["test_overlaps_training_period"] is True
     assert "look-ahead" in proc.stderr

@@ -230,6 +230,7 @@ def test_dashboard_draws_live_forecasts_in_a_real_browser(
                 last = _hooks(page, charts=True)
                 after_gap = _hooks(lossy, charts=True)
                 header_model = page.inner_text("#s-model")
+                header_quality = page.inner_text("#s-quality")
                 # Without the token the feed refuses the page (1008), which says so.
                 stranger = browser.new_page()
                 stranger.goto(f"http://127.0.0.1:{port}/")
@@ -258,6 +259,10 @@ def test_dashboard_draws_live_forecasts_in_a_real_browser(
         stats = last["stats"]
         assert stats["model"] and header_model == stats["model"], (header_model, stats)
         assert stats["symbols"] == 4 and stats["connections"] >= 2, stats
+        # ... and the scale-free live quality of the serving version (streamer/quality.py).
+        q = stats["quality"]
+        assert q["version"] == stats["model"] and q["n"] > 0, q
+        assert header_quality.startswith("×") and header_quality.count(" / ") == 2, header_quality
         # The lost message: one gap, one resync, and the page stayed connected.
         assert after_gap["gaps"] == 1 and ops.count("resync") == 1, (after_gap, ops)
         assert after_gap["connected"] and after_gap["errors"] == [], after_gap

@@ -1,4 +1,5 @@
-"""The whole retraining loop on a real broker, under drift.
+"""The whole retraining loop on a real broker, under drift: started by hand, and started
+by drift detected in the live quality (`tickcast retrain --on-drift`).
 
 A champion fitted on regime one (returns with lag-1 autocorrelation +0.6) serves a stream
 that switches to regime two (-0.6). While ticks keep flowing, `tickcast retrain` reads the
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +26,7 @@ from model.registry import Registry
 from model.retrain import RetrainConfig
 from model.train import fit
 from streamer.jobs import replay
+from streamer.jobs.ondrift import loop_on_drift
 from streamer.jobs.retrain import Options, run_once
 from streamer.kafka.local import LocalBroker
 from streamer.serve.processor import StreamProcessor
@@ -129,3 +132,77 @@ def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
           f"old champion {e_old:.4f}, persistence {e_pers:.4f}; retrain scores "
           f"{attempt.get('scores')}")  # fmt: skip
     assert e_new < e_old
+
+
+LOOKBACK = 200  # an --on-drift attempt reads the ticks from 200 steps before the change on:
+# a fixed window (like --since 2h), which does not tell the job where the change is
+
+
+def test_drift_triggered_retrain_promotes_after_the_change_and_not_before(
+    kafka: LocalBroker, tmp_path: Path
+) -> None:
+    series = synthetic(4, N, seed=11, kind="drift")
+    head = [dataclasses.replace(s, ts=s.ts[:HALF], price=s.price[:HALF],
+                                volume=None if s.volume is None else s.volume[:HALF])
+            for s in series]  # fmt: skip
+    r = fit(head, CONFIG, dataclasses.replace(TRAIN, learning_rate=1e-2))
+    settings = fresh_settings(kafka.bootstrap, registry=str(tmp_path / "reg"), precompile=False)
+    reg = Registry(settings.registry)
+    v0 = reg.add(r.model, r.stats, {"data": {"source": "drift regime one"}})
+    reg.promote(v0, "seed")
+    server = StreamProcessor(settings, reg.load(v0))
+    sent_steps: list[int] = []
+    swapped_at: list[float] = []
+    stop_job = threading.Event()
+    opts = Options(rc=RetrainConfig(margin=0.01, train=TRAIN), progress=False, quiet=True,
+                   since_ms=int(series[0].ts[HALF - LOOKBACK]))  # fmt: skip
+    job = threading.Thread(target=loop_on_drift, args=(settings, opts),
+                           kwargs={"cooldown_s": 2.0, "stop": stop_job, "registry": reg,
+                                   "from_beginning": True}, daemon=True)  # fmt: skip
+
+    def regime_two() -> Iterator[Tick]:
+        for i in range(HALF, N):
+            if swapped_at and time.monotonic() - swapped_at[0] > 3.0:
+                return
+            sent_steps.append(i)
+            yield from rows(series, i, i + 1)
+
+    async def body(follower: object) -> None:
+        job.start()
+        first = rows(series, 0, HALF)  # regime one, as fast as it goes: no alarm allowed
+        await replay.publish(settings.kafka_bootstrap, settings.ticks_topic, iter(first),
+                             rate=None, progress=False)  # fmt: skip
+        await until(lambda: server.counters.forecasts == len(first), timeout=120)
+        feeder = asyncio.create_task(
+            replay.publish(settings.kafka_bootstrap, settings.ticks_topic, regime_two(),
+                           rate=50, progress=False)
+        )  # fmt: skip
+        # 240 s of regime two at 50 ticks/s: room for an attempt (~2 min on a loaded 2-core
+        # machine) after the detection.
+        await until(lambda: server.engine.version != v0 or feeder.done(), timeout=420)
+        swapped_at.append(time.monotonic())
+        assert server.engine.version != v0, "no promotion before the ticks ran out"
+        await feeder
+
+    try:
+        asyncio.run(live(settings, server, body))
+    finally:
+        stop_job.set()
+        job.join(300)
+    attempts = reg.attempts()
+    assert attempts, "no attempt started"
+    triggers = [a["trigger"] for a in attempts]
+    assert all(t["reason"] == "drift" for t in triggers), triggers
+    detected_at = [int(np.searchsorted(series[0].ts, t["last_ts"])) for t in triggers]
+    # No false alarm over regime one: every attempt started on a tick of regime two.
+    assert min(detected_at) >= HALF, detected_at
+    promoted = [a for a in attempts if a["outcome"] == "promoted"]
+    assert promoted and promoted[0]["challenger"] == server.engine.version
+    k = attempts.index(promoted[0])
+    ratios = {n: round(v["error_ratio"], 4) for n, v in promoted[0]["scores"].items()
+              if "error_ratio" in v}  # fmt: skip
+    print(f"\n--on-drift: regime change at step {HALF} (4 symbols a step); attempts started at "
+          f"steps {detected_at} ({[a['outcome'] for a in attempts]}); first detection "
+          f"{detected_at[0] - HALF} steps ({4 * (detected_at[0] - HALF)} ticks) after the "
+          f"change; the promoting attempt started {detected_at[k] - HALF} steps after it; "
+          f"fed up to step {sent_steps[-1]}; error ratios {ratios}")  # fmt: skip

@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 import pytest
+from streamer.feed.protocol.server import FeedServer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from model import checkpoint
 from model.data import load
 from model.runtime import enable_compile_cache
-from streamer.feed.server import FeedServer
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker
 from streamer.serve.processor import StreamProcessor
@@ -231,6 +231,7 @@ def test_subscribe_snapshot_updates_heartbeat_resync_unsubscribe(stack: Stack) -
             stats = hb2["stats"]
             assert stats["model"] == stack.loaded.version and stats["connections"] >= 1
             assert stats["rmse"]["model"] > 0 and stats["rmse"]["persistence"] > 0
+            assert stats["quality"]["version"] == stack.loaded.version, stats
 
             await p.send({"op": "list", "id": 3})
             lst = await p.until("ack")

@@ -76,7 +76,7 @@ def test_one_shot_promotes_on_the_new_regime_and_announces(kafka, tmp_path, drif
     assert att["read"]["stale"] == 1 and att["read"]["out_of_range"] == 3 * HALF
     sc = {k: v["rmse"] for k, v in att["scores"].items()}
     assert sc["challenger"] < sc["persistence"] < sc["champion"]
-    assert set(att["scores"]) == {"champion", "challenger", "persistence", "ar60"}
+    assert set(att["scores"]) == {"champion", "challenger", "persistence", "ar60", "ewma_rw"}
     assert Path(att["plot"]).is_file() and Path(att["plot"]).parent == reg.plots_dir
     # The registry's champion moved, and serving is told so on the models topic.
     assert reg.champion() == att["challenger"]

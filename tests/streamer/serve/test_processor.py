@@ -12,11 +12,14 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from streamer.feed.protocol.hub import Hub
 
 from model import checkpoint, data
 from model.checkpoint import LoadedModel
+from model.evaluate import scale_free
+from model.quality import Quality
 from streamer.core.ticks import REASONS, encode
-from streamer.feed.hub import Hub
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker, free_port
 from streamer.metrics import Metrics, close_http, serve_http
@@ -98,10 +101,27 @@ def test_clean_run_one_forecast_per_tick_equal_to_offline(
             d["source"]["partition"] == partition_of(d["symbol"], s.num_partitions) for d in mine
         )
     assert len(seen) == len(ticks)  # the hub got each forecast once
+    # Live scale-free quality equals `tickcast evaluate`'s definition (model.evaluate
+    # .scale_free, what its --json `quality` block pools) on the same ticks and forecasts.
+    pooled = Quality()
+    for sym_series in series:
+        rows = np.arange(w - 1, len(sym_series) - 1)
+        pooled = pooled + scale_free(sym_series.price, rows, ref[sym_series.symbol][:-1].T, w)[1]
+    live = {(s.name, s.labels.get("version")): s.value
+            for fam in text_string_to_metric_families(scrape) for s in fam.samples}  # fmt: skip
+    v = stocks.version
+    assert live[("tickcast_quality_forecasts_total", v)] == pooled.n == 4 * (180 - w)
+    for name, want in (
+        ("tickcast_live_error_ratio", pooled.error_ratio),
+        ("tickcast_live_coverage", pooled.coverage),
+        ("tickcast_live_interval_score_ratio", pooled.interval_score_ratio),
+    ):
+        assert live[(name, v)] == pytest.approx(want, rel=1e-5), name  # fmt: skip
+    assert metrics.quality.status(v)["n"] == pooled.n
     assert f"tickcast_ticks_consumed_total {float(len(ticks))}" in scrape
     assert f"tickcast_forecasts_published_total {float(len(ticks))}" in scrape
     for name in ("tickcast_tick_to_forecast_seconds_bucket", "tickcast_step_seconds_count",
-                 "tickcast_consumer_lag", "tickcast_live_rmse{model=\"persistence\"}",
+                 "tickcast_consumer_lag", "tickcast_live_rmse{forecaster=\"persistence\"}",
                  "tickcast_active_symbols 4.0", "tickcast_model_info"):  # fmt: skip
         assert name in scrape, name
 
