@@ -65,12 +65,13 @@ async def serve_until_stopped(
         await service.shutdown()
 
 
-def run_service(service: Service, *, use_uvloop: bool = True) -> int:
-    """Run `service` on a new event loop until a signal; returns 0, or 130 when a second
-    signal cut it short."""
+def run_service(service: Service, *, use_uvloop: bool = True, signals: bool = True) -> int:
+    """Run `service` on a new event loop until a signal (or until its main loop returns);
+    returns 0, or 130 when a second signal cut it short. `signals=False` leaves the process's
+    signal handlers alone (a service run from another thread, or a test)."""
     with asyncio.Runner(loop_factory=new_event_loop_factory(use_uvloop)) as runner:
         try:
-            runner.run(serve_until_stopped(service))
+            runner.run(serve_until_stopped(service, signals=signals))
         except asyncio.CancelledError:  # a second Ctrl-C: stopped without the graceful part
             return 130
     return 0

@@ -134,18 +134,17 @@ def _retrain(args: argparse.Namespace) -> int:
         raise ValueError("give --since or --since-ms, not both")
     opts = retrain.options_from_args(args)
     jax()
-    if args.on_drift:
-        from streamer.jobs import ondrift
+    if args.on_drift or args.every:
+        from streamer.jobs.retrain_loop import RetrainLoop, run_loop
 
-        return ondrift.loop_on_drift(
-            settings, opts, every_s=retrain.parse_duration(args.every) if args.every else None,
-            cooldown_s=retrain.parse_duration(args.drift_cooldown), metrics_host=args.metrics_host,
-            metrics_port=args.metrics_port, max_runs=args.max_runs,
+        return run_loop(
+            RetrainLoop(
+                settings, opts, every_s=retrain.parse_duration(args.every) if args.every else None,
+                on_drift=args.on_drift, cooldown_s=retrain.parse_duration(args.drift_cooldown),
+                metrics_host=args.metrics_host, metrics_port=args.metrics_port,
+                max_runs=args.max_runs,
+            )
         )  # fmt: skip
-    if args.every:
-        every = retrain.parse_duration(args.every)
-        return retrain.loop(settings, opts, every, metrics_host=args.metrics_host,
-                            metrics_port=args.metrics_port, max_runs=args.max_runs)  # fmt: skip
     try:
         record = retrain.run_once(settings, opts)
     except retrain.RegistryError as e:

@@ -21,16 +21,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-import signal
-import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from model.checkpoint import LoadedModel
 from model.paths import resolve_model
@@ -55,7 +51,6 @@ __all__ = [
     "RegistryError",
     "RetrainMetrics",
     "exit_code",
-    "loop",
     "options_from_args",
     "parse_duration",
     "resolve_champion",
@@ -220,73 +215,6 @@ def run_once(settings: Settings, opts: Options, registry: Registry | None = None
     if error is not None:
         raise error
     return record
-
-
-# --------------------------------------------------------------------- the loop
-@contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGINT/SIGTERM set `stop` (the run in progress finishes); a second one interrupts."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
-        log.info("signal %d: stopping after the current run", signum)
-        stop.set()
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield
-    finally:
-        for s, h in old.items():
-            signal.signal(s, h)
-
-
-def loop(
-    settings: Settings,
-    opts: Options,
-    every_s: float,
-    *,
-    metrics: RetrainMetrics | None = None,
-    metrics_host: str = "127.0.0.1",
-    metrics_port: int = 0,
-    max_runs: int | None = None,
-    stop: threading.Event | None = None,
-) -> int:
-    """Run `run_once` every `every_s` seconds (start to start; an overrun starts the next at
-    once) until SIGINT/SIGTERM, `stop` or `max_runs`. A failed run is logged and counted.
-    Prometheus metrics on http://metrics_host:metrics_port/metrics (port 0: none)."""
-    metrics = metrics or RetrainMetrics()
-    stop = stop or threading.Event()
-    server = None
-    if metrics_port:
-        server, _ = start_http_server(metrics_port, addr=metrics_host, registry=metrics.registry)
-        log.info("retrain metrics on http://%s:%d/metrics", metrics_host, metrics_port)
-    runs = 0
-    try:
-        with _stop_on_signals(stop):
-            while not stop.is_set():
-                started = time.monotonic()
-                try:
-                    rec = run_once(settings, opts)
-                    metrics.record(rec["outcome"], time.monotonic() - started, rec["scores"])
-                    log.info("retrain run %d: %s (%s)", runs + 1, rec["outcome"], rec["reason"])
-                except KeyboardInterrupt:
-                    raise
-                except Exception:
-                    log.exception("retrain run %d failed", runs + 1)
-                    metrics.record("failed", time.monotonic() - started, None)
-                runs += 1
-                if max_runs is not None and runs >= max_runs:
-                    break
-                stop.wait(max(0.0, every_s - (time.monotonic() - started)))
-    finally:
-        if server is not None:
-            server.shutdown()
-            server.server_close()
-    return 0
 
 
 def options_from_args(args: Any) -> Options:

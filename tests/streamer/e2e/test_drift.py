@@ -26,8 +26,8 @@ from model.registry import Registry
 from model.retrain import RetrainConfig
 from model.train import fit
 from streamer.jobs import replay
-from streamer.jobs.ondrift import loop_on_drift
 from streamer.jobs.retrain import Options, run_once
+from streamer.jobs.retrain_loop import RetrainLoop, run_loop
 from streamer.kafka.local import LocalBroker
 from streamer.serve.processor import StreamProcessor
 from tests.streamer.e2e.test_hotswap import live, until
@@ -156,9 +156,9 @@ def test_drift_triggered_retrain_promotes_after_the_change_and_not_before(
     stop_job = threading.Event()
     opts = Options(rc=RetrainConfig(margin=0.01, train=TRAIN), progress=False, quiet=True,
                    since_ms=int(series[0].ts[HALF - LOOKBACK]))  # fmt: skip
-    job = threading.Thread(target=loop_on_drift, args=(settings, opts),
-                           kwargs={"cooldown_s": 2.0, "stop": stop_job, "registry": reg,
-                                   "from_beginning": True}, daemon=True)  # fmt: skip
+    retrain_job = RetrainLoop(settings, opts, on_drift=True, cooldown_s=2.0, stop_flag=stop_job,
+                              registry=reg, from_beginning=True)  # fmt: skip
+    job = threading.Thread(target=run_loop, args=(retrain_job,), daemon=True)
 
     def regime_two() -> Iterator[Tick]:
         for i in range(HALF, N):

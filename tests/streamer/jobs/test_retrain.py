@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -19,11 +20,12 @@ from streamer.jobs.replay import interleave
 from streamer.jobs.retrain import (
     Options,
     RetrainMetrics,
-    loop,
     parse_duration,
 )
+from streamer.jobs.retrain_loop import RetrainLoop, run_loop
 from streamer.jobs.tick_range import group_series
 from streamer.kafka import announcements as models
+from streamer.settings import Settings
 from tests.streamer.harness import fresh_settings, produce_raw, tick_records
 
 CONFIG = ModelConfig(layers=2, units=8, dropout=0.1, window=12, features=("ret", "dlogvol"))
@@ -126,6 +128,11 @@ def test_until_selects_and_too_little_is_skipped_with_exit_3(kafka, tmp_path, dr
     assert att["read"]["out_of_range"] == 3 * (N - 100)
     # The registry was seeded from --model and the seed announced.
     assert _latest(s)["version"] == reg.champion() and reg.changes()[0]["reason"] == "seed"
+
+
+def loop(s: Settings, opts: Options, every_s: float, **kw: Any) -> int:
+    """`tickcast retrain --every` as the CLI runs it (streamer.jobs.retrain_loop)."""
+    return run_loop(RetrainLoop(s, opts, every_s=every_s, **kw))
 
 
 def test_loop_counts_runs_and_failures(kafka, tmp_path, champion_dir):

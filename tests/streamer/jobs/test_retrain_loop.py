@@ -1,6 +1,6 @@
-"""streamer.jobs.ondrift's loop without Kafka: drift starts attempts, rate-limited, beside the
-clock. The tail, the champion and the attempt are stand-ins; the real loop on a real
-broker is in test_drift.py."""
+"""The retrain loop (streamer/jobs/retrain_loop.py) without Kafka: drift starts attempts,
+rate-limited, beside the clock. The tail, the champion and the attempt are stand-ins; the
+real loop on a real broker is in e2e/test_drift.py."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from streamer.core.drift import Drift
-from streamer.jobs import ondrift
+from streamer.jobs import retrain_loop
 from streamer.jobs.retrain import Options, RetrainMetrics
 from tests.streamer.harness import fresh_settings
 
@@ -37,20 +37,21 @@ class FakeTail:
 
 def _run(monkeypatch: pytest.MonkeyPatch, script: Any, **kw: Any) -> tuple[list, RetrainMetrics]:
     calls: list[tuple[float, dict[str, Any]]] = []
-    monkeypatch.setattr(ondrift, "ForecastTail", FakeTail)
+    monkeypatch.setattr(retrain_loop, "ForecastTail", FakeTail)
     champion = SimpleNamespace(config=SimpleNamespace(window=10))
-    monkeypatch.setattr(ondrift, "resolve_champion", lambda s, r: champion)
+    monkeypatch.setattr(retrain_loop, "resolve_champion", lambda s, r: champion)
 
     def run_once(settings: Any, opts: Options, registry: Any) -> dict[str, Any]:
         calls.append((time.monotonic(), opts.trigger or {}))
         return {"outcome": "rejected", "reason": "test", "scores": {}}
 
-    monkeypatch.setattr(ondrift, "run_once", run_once)
+    monkeypatch.setattr(retrain_loop, "run_once", run_once)
     metrics = RetrainMetrics(CollectorRegistry())
     stop = threading.Event()
     settings = fresh_settings("127.0.0.1:1")
-    kwargs = {"stop": stop, "metrics": metrics, "registry": object(), **kw}
-    job = threading.Thread(target=ondrift.loop_on_drift, args=(settings, Options()), kwargs=kwargs)
+    kwargs = {"stop_flag": stop, "metrics": metrics, "registry": object(), "on_drift": True, **kw}
+    loop = retrain_loop.RetrainLoop(settings, Options(), **kwargs)
+    job = threading.Thread(target=retrain_loop.run_loop, args=(loop,))
     job.start()
     time.sleep(0.2)
     try:
