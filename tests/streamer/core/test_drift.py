@@ -10,7 +10,7 @@ from model import checkpoint
 from model.data import Series, load, synthetic
 from model.quality import Z90
 from streamer.core.drift import Drift, DriftConfig, DriftDetector
-from tests.streamer.test_engine import offline
+from tests.streamer.core.test_engine import offline
 
 N, HALF = 6000, 3000
 

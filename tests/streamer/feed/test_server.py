@@ -28,13 +28,13 @@ from typing import Any, TypeVar
 import numpy as np
 import orjson
 import pytest
-from streamer.feed.protocol.server import FeedServer
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from model import checkpoint
 from model.data import load
 from model.runtime import enable_compile_cache
+from streamer.feed.server import FeedServer
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker
 from streamer.serve.processor import StreamProcessor

@@ -13,13 +13,13 @@ import numpy as np
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
-from streamer.feed.protocol.hub import Hub
 
 from model import checkpoint, data
 from model.checkpoint import LoadedModel
 from model.evaluate import scale_free
 from model.quality import Quality
 from streamer.core.ticks import REASONS, encode
+from streamer.feed.hub import Hub
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker, free_port
 from streamer.metrics import Metrics, close_http, serve_http
