@@ -39,6 +39,8 @@ class Settings:
     registry: str = "registry"
     max_symbols: int = 16384
     idle_evict_s: float = 3600.0
+    state_cache_symbols: int = 16384
+    state_max_age_s: float = 2592000.0
     exactly_once: bool = True
     checkpoint_interval_s: float = 5.0
     checkpoint_max_records: int = 500
@@ -103,8 +105,14 @@ HELP: dict[str, str] = {
     "champion replaces it)",
     "registry": "model registry directory: announced versions are loaded from "
     "REGISTRY/versions/VERSION",
-    "max_symbols": "most symbols held at once; the least recently seen is evicted beyond it",
-    "idle_evict_s": "evict a symbol after this many seconds without a tick",
+    "max_symbols": "device slots: symbols stepped at once; beyond it the least recently seen "
+    "moves to the host cache (state kept)",
+    "idle_evict_s": "free a symbol's device slot after this many seconds without a tick (its "
+    "state waits in the host cache and the state topic)",
+    "state_cache_symbols": "most evicted symbols' states held in host memory (the state topic "
+    "holds the rest; ~5 kB each for the default model)",
+    "state_max_age_s": "a symbol whose next tick comes this long (tick time) after its last "
+    "starts afresh (default 30 days)",
     "exactly_once": "Kafka transactions: forecasts, state and offsets commit atomically "
     "(--no-exactly-once: at-least-once, forecasts carry (partition, offset) to dedupe)",
     "checkpoint_interval_s": "seconds between per-symbol state checkpoints",

@@ -7,7 +7,8 @@ This module decides what goes in; it never touches Kafka, so its rules are teste
 
 * A partition never checkpointed yet (just assigned or restored) is checkpointed at once.
 * Otherwise at most one partition per micro-batch, the one checkpointed longest ago, once
-  `interval_s` has passed since, and only if it changed (applied ticks or evictions).
+  `interval_s` has passed since, and only if it changed (applied ticks, or evicted states
+  the topic lacks).
 * A partition with more dirty symbols than `max_records` is written as a *round*: at most
   `max_records` records per micro-batch; its marker (the round's start) goes out with the
   last chunk, so a restore from it replays what each record lacks.
@@ -45,9 +46,12 @@ class StateSource(Protocol):
     """What a checkpoint reads: `streamer.core.engine.Engine` is one."""
 
     version: str
-    tombstones: dict[int, set[str]]
 
     def dirty_symbols(self, partition: int) -> list[str]: ...
+
+    def has_pending(self, partition: int) -> bool:
+        """Whether states of `partition` off the device wait to be written (or deleted)."""
+        ...
 
     def checkpoint(self, partitions: Iterable[int]) -> dict[int, list[Record]]: ...
 
@@ -113,7 +117,7 @@ class Checkpointer:
             full = [p for p in scope if parts[p].checkpointed < 0]
             behind = [p for p in scope if parts[p].round is None
                       and (parts[p].checkpointed != parts[p].next_offset
-                           or p in state.tombstones)]  # fmt: skip
+                           or state.has_pending(p))]  # fmt: skip
             oldest = min(behind, key=lambda p: parts[p].checkpoint_time, default=None)
             if (
                 oldest is not None

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,9 +30,9 @@ import numpy as np
 from model.checkpoint import LoadedModel
 from model.features import history_features, to_price
 from streamer.core.forecasts import Forecasts
-from streamer.core.slots import SlotTable
-from streamer.core.state_records import decode_state, encode_states
-from streamer.core.swap import PendingSwap, Snapshot, buffer_features
+from streamer.core.persistence import STATE_MAX_AGE_S, SlotStates
+from streamer.core.statecache import StateCache
+from streamer.core.swap import PendingSwap, Snapshot
 from streamer.core.ticks import Decoded, Rejected
 
 log = logging.getLogger(__name__)
@@ -46,16 +46,28 @@ class Applied:
     rejected: list[Rejected] = field(default_factory=list)
     evicted: list[str] = field(default_factory=list)
     step_s: float = 0.0  # time in the device step (features and bookkeeping excluded)
+    skipped: list[int] = field(default_factory=list)  # input indices `skip_applied` dropped
 
 
-class Engine(SlotTable):
+class Engine(SlotStates):
     """Symbols → slots, rolling buffers and carried LSTM state for up to `max_symbols`.
+
+    Eviction frees a device slot, never a symbol's state (`core.persistence`): an evicted
+    symbol's state record goes to `cache` (a `StateCache`, which the state topic backs),
+    and the symbol's next tick takes it back into a slot, so it continues where it stopped
+    (same `seq`, same state). Only a state whose last tick is more than `state_max_age_s`
+    (tick time) before the symbol's next tick starts afresh, wherever it is held; one made
+    by another model version is re-warmed from its buffer.
 
     Args:
       loaded: the loaded model (`model.checkpoint.load`).
-      max_symbols: slots; beyond it the least recently seen symbol is evicted.
-      idle_evict_s: evict symbols unseen for this long (seconds of `clock`).
+      max_symbols: device slots; beyond it the least recently seen symbol's state moves to
+        the host cache.
+      idle_evict_s: move symbols unseen for this long (seconds of `clock`) off the device.
       clock: seconds, monotonic (injectable for tests).
+      cache: where evicted states wait (default: one holding `max_symbols` records).
+      state_max_age_s: a symbol whose tick comes more than this after its state's last
+        tick (tick timestamps) starts afresh.
     """
 
     def __init__(
@@ -64,6 +76,8 @@ class Engine(SlotTable):
         max_symbols: int = 16384,
         idle_evict_s: float = 3600.0,
         clock: Callable[[], float] = time.monotonic,
+        cache: StateCache | None = None,
+        state_max_age_s: float = STATE_MAX_AGE_S,
     ) -> None:
         self.loaded = loaded
         self.config = loaded.config
@@ -71,7 +85,7 @@ class Engine(SlotTable):
         self.version = loaded.version
         self.window = w = self.config.window
         self.buffer_len = 2 * w  # ticks kept per symbol
-        super().__init__(max_symbols, self.buffer_len, idle_evict_s, clock)
+        super().__init__(max_symbols, self.buffer_len, idle_evict_s, clock, cache, state_max_age_s)
         self.runtime = loaded.runtime(max_symbols, min_bucket=8)
 
     def precompile(self) -> int:
@@ -106,13 +120,14 @@ class Engine(SlotTable):
           ticks: decoded, individually valid ticks (`streamer.core.ticks.decode`).
           partition, offset: each input record's source `[n_input]` (indexed by
             `ticks.index`).
-          skip_applied: drop, silently, a tick whose offset is not past its symbol's last
-            applied offset: its state already holds it (replaying from a checkpoint marker
-            when some symbols were checkpointed later than the marker).
+          skip_applied: drop a tick whose offset is not past its symbol's last applied
+            offset (reported in `Applied.skipped`): its state already holds it (replaying
+            from a checkpoint marker when some symbols were checkpointed later than it).
 
         Returns:
           One forecast per accepted tick; ticks older than their symbol's previous tick, or
-          arriving on another partition than the symbol's, are rejected untouched.
+          arriving on another partition than the symbol's, are rejected untouched. Every
+          input tick is one forecast, one rejection or one skip.
         """
         if len(ticks) > self.max_symbols:
             distinct: set[str] = set()
@@ -128,42 +143,40 @@ class Engine(SlotTable):
         if now - self._last_sweep > min(self.idle_evict_s, 60.0):
             evicted += self.evict_idle()
 
-        # Symbols held that tick in this batch are in use: never evict them for a newcomer.
-        slot_of = self.slot_of
-        held = [s for s in map(slot_of.get, set(ticks.symbols)) if s is not None]
-        self.last_seen[held] = now
+        # 0. A slot for every symbol of the batch, its state back from the host cache.
+        foreign, new_slots, last_ts, seated_out = self._seat(ticks, partition, now)
+        evicted += seated_out
 
-        # 1. Order checks and slots, one pass in input order (a symbol's ticks stay in order).
+        # 1. Order checks, one pass in input order (a symbol's ticks stay in order).
+        slot_of = self.slot_of
+        skipped: list[int] = []
         slot_col: list[int] = []
         k_col: list[int] = []
         keep: list[int] = []
         pending: dict[int, int] = {}  # slot -> ticks accepted so far in this batch
-        last_ts: dict[int, int] = {}
-        new_slots: list[int] = []
         for i, sym in enumerate(ticks.symbols):
             src = ticks.index[i]
-            slot = slot_of.get(sym)
-            if slot is None:
-                slot = self._allocate(sym, evicted)
-                self.last_seen[slot] = now  # touched: not a candidate for eviction
-                self.partition[slot] = partition[src]
-                new_slots.append(slot)
-                last_ts[slot] = ticks.ts[i]
-            else:
-                if self.partition[slot] != partition[src]:
-                    rejected.append(
-                        Rejected(
-                            src,
-                            "partition_mismatch",
-                            f"{sym!r} is served from partition {self.partition[slot]}",
-                        )
+            if sym in foreign:
+                rejected.append(
+                    Rejected(src, "partition_mismatch",
+                             f"{sym!r} is served from partition {foreign[sym]}")
+                )  # fmt: skip
+                continue
+            slot = slot_of[sym]
+            if self.partition[slot] != partition[src]:
+                rejected.append(
+                    Rejected(
+                        src,
+                        "partition_mismatch",
+                        f"{sym!r} is served from partition {self.partition[slot]}",
                     )
-                    continue
-                if skip_applied and offset[src] <= self.offset[slot]:
-                    continue
-                if slot not in last_ts:
-                    last_ts[slot] = int(self.last_ts[slot])
-                    self.last_seen[slot] = now
+                )
+                continue
+            if skip_applied and offset[src] <= self.offset[slot]:
+                skipped.append(src)
+                continue
+            if slot not in last_ts:
+                last_ts[slot] = int(self.last_ts[slot])
             t = ticks.ts[i]
             if t < last_ts[slot]:
                 rejected.append(
@@ -179,11 +192,11 @@ class Engine(SlotTable):
             k_col.append(k)
             keep.append(i)
         if evicted:
-            log.info("evicted %d symbols: %s", len(evicted), evicted[:5])
+            log.info("evicted %d symbols from the device: %s", len(evicted), evicted[:5])
 
         m = len(keep)
         if m == 0:
-            return Applied(Forecasts.empty(self.version), rejected, evicted)
+            return Applied(Forecasts.empty(self.version), rejected, evicted, skipped=skipped)
         kept = np.asarray(keep, np.int64)
         srcs = np.asarray(ticks.index, np.int64)[kept]
         ts = np.asarray(ticks.ts, np.int64)[kept]
@@ -260,6 +273,7 @@ class Engine(SlotTable):
         self.last_forecast[sl[last]] = fc[last]
         self.last_seen[uniq] = now
         self.dirty[uniq] = True
+        self._saw(np.asarray(partition, np.int32)[srcs], ts)
 
         f = Forecasts(
             symbols=[ticks.symbols[i] for i in keep],
@@ -278,7 +292,7 @@ class Engine(SlotTable):
             sq_err_persistence=se_p,
             n_err=n_err,
         )
-        return Applied(f, rejected, evicted, step_s)
+        return Applied(f, rejected, evicted, step_s, skipped)
 
     def _split(
         self, ticks: Decoded, at: int, partition: np.ndarray, offset: np.ndarray, skip: bool
@@ -311,101 +325,10 @@ class Engine(SlotTable):
             first.rejected + rest.rejected,
             first.evicted + rest.evicted,
             first.step_s + rest.step_s,
+            first.skipped + rest.skipped,
         )
 
-    # ----------------------------------------------------------------- checkpoints
-    def checkpoint_symbols(
-        self, symbols: Iterable[str]
-    ) -> dict[int, list[tuple[bytes, bytes | None]]]:
-        """State records of those of `symbols` still held and dirty, by partition (a chunk
-        of a checkpoint round). Clears their dirty flag."""
-        out: dict[int, list[tuple[bytes, bytes | None]]] = {}
-        slots = [s for s in map(self.slot_of.get, symbols) if s is not None and self.dirty[s]]
-        self._records(slots, out)
-        return out
-
-    def checkpoint(self, partitions: Iterable[int]) -> dict[int, list[tuple[bytes, bytes | None]]]:
-        """State records of the dirty symbols of these partitions, and tombstones of the
-        symbols evicted there: `{partition: [(key, value or None), ...]}`. Clears dirty."""
-        ps = set(partitions)
-        out: dict[int, list[tuple[bytes, bytes | None]]] = {p: [] for p in ps}
-        slots = [s for s in self.slot_of.values() if self.dirty[s] and self.partition[s] in ps]
-        self._records(slots, out)
-        for p in ps:
-            out[p] += self.tombstones_of(p)
-        return out
-
-    def _records(self, slots: list[int], out: dict[int, list[tuple[bytes, bytes | None]]]) -> None:
-        if slots:
-            sl = np.asarray(slots, np.int64)
-            symbols = [self.symbol_at[s] or "" for s in slots]
-            meta = np.stack([self.partition[sl], self.offset[sl], self.count[sl], self.seq[sl],
-                             self.last_ts[sl]], axis=1).astype(np.int64)  # fmt: skip
-            values = encode_states(
-                symbols, self.version, meta, self.prices[sl], self.times[sl],
-                self.volumes[sl], self.runtime.states_of(sl),
-            )  # fmt: skip
-            for sym, part, value in zip(symbols, meta[:, 0].tolist(), values, strict=True):
-                out.setdefault(part, []).append((sym.encode(), value))
-            self.dirty[sl] = False
-
-    def restore(self, values: Iterable[bytes]) -> tuple[int, int]:
-        """Load state records (latest per symbol). A record from another model version is
-        re-warmed from its buffer; an unreadable one is skipped with a warning (the symbol
-        starts afresh). Beyond `max_symbols` the least recently seen are evicted as usual.
-        Returns (restored, re-warmed)."""
-        by_slot: dict[int, tuple[str, np.ndarray | None]] = {}  # slot -> (symbol, hc or None)
-        evicted: list[str] = []
-        expect = (2, self.config.layers, self.config.units)
-        for value in values:
-            try:
-                rec = decode_state(value, self.buffer_len)
-            except ValueError as e:
-                log.warning("unreadable state record skipped (%s); that symbol starts afresh", e)
-                continue
-            sym = rec.symbol
-            slot = self.slot_of.get(sym)
-            if slot is None:
-                slot = self._allocate(sym, evicted)
-            self.prices[slot], self.times[slot], self.volumes[slot] = (
-                rec.prices, rec.times, rec.volumes
-            )  # fmt: skip
-            self.partition[slot], self.offset[slot] = rec.partition, rec.offset
-            self.count[slot], self.seq[slot] = rec.count, rec.seq
-            self.last_ts[slot] = rec.last_ts
-            self.gen[slot] += 1
-            self.last_seen[slot] = self.clock()
-            self.dirty[slot] = False
-            same = rec.model == self.version and rec.hc.shape == expect
-            by_slot[slot] = (sym, rec.hc if same else None)
-        # A slot taken over by a later record (beyond max_symbols) keeps only that one.
-        live = {s: v for s, v in by_slot.items() if self.symbol_at[s] == v[0]}
-        restored = [(s, hc) for s, (_, hc) in live.items() if hc is not None]
-        rewarm = [s for s, (_, hc) in live.items() if hc is None]
-        if evicted:
-            log.warning(
-                "restore beyond max_symbols=%d evicted %d symbols", self.max_symbols, len(evicted)
-            )
-        if restored:
-            self.runtime.set_states(
-                np.asarray([s for s, _ in restored]), np.stack([hc for _, hc in restored])
-            )
-        if rewarm:
-            self.rewarm(rewarm)
-        return len(restored), len(rewarm)
-
-    def rewarm(self, slots: list[int]) -> None:
-        """Start these slots' state afresh from their buffers (after a model change): zero
-        state, then the last `window` ticks' features, computed from real history."""
-        sl = np.asarray(slots, np.int64)
-        x = buffer_features(self.config, self.stats, self.prices[sl], self.times[sl],
-                            self.volumes[sl], self.window)  # fmt: skip
-        self.runtime.warm(sl, x)
-
     # ----------------------------------------------------------------- model swap
-    def _reset_states(self, slots: list[int]) -> None:
-        self.runtime.reset(slots)
-
     def prepare_swap(self, loaded: LoadedModel, snap: Snapshot) -> PendingSwap:
         """Round 1 of a swap, safe to run in a worker thread while the engine serves: a new
         runtime for `loaded`, every symbol of `snap` warmed from its buffer, and the

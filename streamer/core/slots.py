@@ -21,12 +21,14 @@ __all__ = ["SlotTable"]
 
 
 class SlotTable:
-    """Symbols → slots and the per-slot host arrays; `Engine` adds the model and the step.
+    """Symbols → slots and the per-slot host arrays; `core.persistence.SlotStates` adds
+    where states go off the device and come back from, `Engine` the model and the step.
 
     Args:
-      max_symbols: slots; beyond it the least recently seen symbol is evicted.
+      max_symbols: device slots; beyond it the least recently seen symbol's state moves to
+        the host cache.
       buffer_len: ticks kept per symbol.
-      idle_evict_s: evict symbols unseen for this long (seconds of `clock`).
+      idle_evict_s: move symbols unseen for this long (seconds of `clock`) off the device.
       clock: seconds, monotonic.
     """
 
@@ -57,12 +59,7 @@ class SlotTable:
         self.last_seen = np.zeros(s, np.float64)
         self.last_forecast = np.full(s, np.nan, np.float64)
         self.dirty = np.zeros(s, bool)
-        self.tombstones: dict[int, set[str]] = {}
         self._last_sweep = clock()
-
-    def _reset_states(self, slots: list[int]) -> None:
-        """Zero these slots' device state (the engine's runtime)."""
-        raise NotImplementedError
 
     # ----------------------------------------------------------------- symbol table
     def __len__(self) -> int:
@@ -74,62 +71,32 @@ class SlotTable:
         ps = set(partitions)
         return [sym for sym, s in self.slot_of.items() if int(self.partition[s]) in ps]
 
-    def _allocate(self, symbol: str, evicted: list[str]) -> int:
-        if not self._free:
-            used = np.fromiter(self.slot_of.values(), np.int64, len(self.slot_of))
-            oldest = int(used[np.argmin(self.last_seen[used])])
-            evicted.append(self._release(oldest, tombstone=True))
+    def _allocate(self, symbol: str) -> int:
+        """A free slot for `symbol` (the caller made sure there is one)."""
         slot = self._free.pop()
         self.slot_of[symbol] = slot
         self.symbol_at[slot] = symbol
+        # Every per-slot field starts over: a field left from the slot's previous symbol
+        # leaks into the new one (a stale `offset` made `skip_applied` drop its ticks).
         self.count[slot] = 0
         self.seq[slot] = 0
         self.gen[slot] += 1  # a new life in this slot: a pending swap must re-warm it
         self.partition[slot] = -1
+        self.offset[slot] = -1
+        self.last_ts[slot] = 0
+        self.dirty[slot] = False
         self.last_forecast[slot] = np.nan
         return slot
 
-    def _release(self, slot: int, *, tombstone: bool) -> str:
+    def _release(self, slot: int) -> str:
+        """Free `slot` (its symbol's state is wherever the caller put it)."""
         symbol = self.symbol_at[slot]
         assert symbol is not None
-        if tombstone:  # forget its checkpoint too, or a restore would revive stale state
-            self.tombstones.setdefault(int(self.partition[slot]), set()).add(symbol)
         del self.slot_of[symbol]
         self.symbol_at[slot] = None
         self.dirty[slot] = False
         self._free.append(slot)
         return symbol
-
-    def evict_idle(self) -> list[str]:
-        """Evict symbols idle longer than `idle_evict_s` (their state is zeroed)."""
-        now = self.clock()
-        self._last_sweep = now
-        idle = [s for s in self.slot_of.values() if now - self.last_seen[s] > self.idle_evict_s]
-        out = [self._release(s, tombstone=True) for s in idle]
-        if idle:
-            self._reset_states(idle)
-        return out
-
-    def drop_partitions(self, partitions: Iterable[int]) -> list[str]:
-        """Forget every symbol of these partitions (they moved to another instance)."""
-        ps = set(partitions)
-        slots = [s for s in self.slot_of.values() if int(self.partition[s]) in ps]
-        out = [self._release(s, tombstone=False) for s in slots]
-        for p in ps:
-            self.tombstones.pop(p, None)
-        if slots:
-            self._reset_states(slots)
-        return out
-
-    def dirty_symbols(self, partition: int) -> list[str]:
-        """The symbols of `partition` with ticks applied since their last state record."""
-        return [sym for sym, s in self.slot_of.items()
-                if self.dirty[s] and self.partition[s] == partition]  # fmt: skip
-
-    def tombstones_of(self, partition: int) -> list[tuple[bytes, bytes | None]]:
-        """Delete records for the symbols evicted from `partition` (and not back since)."""
-        return [(sym.encode(), None) for sym in self.tombstones.pop(partition, set())
-                if sym not in self.slot_of]  # fmt: skip
 
     # ----------------------------------------------------------------- model swap
     def snapshot(self) -> Snapshot:

@@ -25,11 +25,13 @@ import orjson
 __all__ = [
     "MARKER_KEY",
     "STATE_FORMAT",
+    "RecordInfo",
     "StateRecord",
     "decode_marker",
     "decode_state",
     "encode_marker",
     "encode_states",
+    "record_info",
 ]
 
 STATE_FORMAT = 1
@@ -42,12 +44,12 @@ class StateRecord:
     """One decoded symbol record; arrays are `[buffer_len]`, `hc` is `[2, layers, units]`."""
 
     symbol: str
-    model: str
+    model: str  # version of the model that made `hc`
     partition: int
-    offset: int
-    count: int
-    seq: int
-    last_ts: int
+    offset: int  # last tick offset applied
+    count: int  # ticks since the state started
+    seq: int  # ticks over the symbol's life
+    last_ts: int  # epoch ms of its last tick
     prices: np.ndarray
     times: np.ndarray
     volumes: np.ndarray
@@ -123,6 +125,34 @@ def decode_state(value: bytes, buffer_len: int) -> StateRecord:
         )
     except (KeyError, TypeError, struct.error, orjson.JSONDecodeError) as e:
         raise ValueError(f"{type(e).__name__}: {e}") from None
+
+
+@dataclass(frozen=True)
+class RecordInfo:
+    """The header fields of a symbol record that say which state it holds."""
+
+    symbol: str
+    partition: int
+    seq: int  # ticks of the symbol the state has seen
+    model: str  # version of the model that made the state
+    last_ts: int  # epoch ms of its last tick
+
+
+def record_info(value: bytes) -> RecordInfo:
+    """Read a symbol record's header (not its arrays).
+
+    Raises:
+      ValueError: not a state record (too short, bad JSON, fields missing or mistyped).
+    """
+    try:
+        (n,) = _HEADER.unpack_from(value)
+        h = orjson.loads(value[4 : 4 + n])
+        return RecordInfo(
+            str(h["symbol"]), int(h["partition"]), int(h["seq"]), str(h["model"]),
+            int(h["last_ts"]),
+        )  # fmt: skip
+    except (struct.error, orjson.JSONDecodeError, KeyError, TypeError) as e:
+        raise ValueError(f"not a state record: {e}") from e
 
 
 def encode_marker(next_offset: int, version: str) -> bytes:

@@ -35,13 +35,14 @@ from model.config import ModelConfig
 from streamer.core.checkpoints import Checkpointer, PartitionProgress
 from streamer.core.engine import Engine
 from streamer.core.forecasts import payloads, points_of
+from streamer.core.statecache import StateCache
 from streamer.core.ticks import decode, make_format
 from streamer.feed.hub import Hub
 from streamer.kafka.reconnect import reconnecting
 from streamer.kafka.topics import ensure_topics
 from streamer.metrics import Metrics
 from streamer.serve.publish import MAX_RECORD_BYTES, BatchCommit, Publisher, make_producer
-from streamer.serve.recovery import restore_partition
+from streamer.serve.recovery import fetch_states, restore_partition
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,11 @@ class StreamProcessor:
     ) -> None:
         self.settings = settings
         self.format = make_format(settings.format, settings.ts_unit)  # ValueError: refused
-        self.engine = Engine(loaded, settings.max_symbols, settings.idle_evict_s)
+        self.engine = Engine(
+            loaded, settings.max_symbols, settings.idle_evict_s,
+            cache=StateCache(settings.state_cache_symbols),
+            state_max_age_s=settings.state_max_age_s,
+        )  # fmt: skip
         self.hub = hub or Hub(settings.feed_snapshot_points)
         self.metrics = metrics or Metrics()
         self.metrics.set_model({"version": loaded.version, **loaded.config.to_dict()})
@@ -216,7 +221,9 @@ class StreamProcessor:
                 async with self.lock:
                     if self._failure is not None:
                         raise self._failure
-                    if batch:
+                    if batch:  # first the states only the state topic holds (eviction)
+                        await fetch_states(batch, settings=s, engine=self.engine,
+                                           restorer=restorer, metrics=self.metrics)  # fmt: skip
                         out = self._compute(batch)
                         if out is not None:
                             # One batch in flight: compute the next while this one commits.
@@ -407,7 +414,7 @@ class StreamProcessor:
         """Commit one batch (`Publisher.commit`), then hand its forecasts to the hub: the
         feed never shows a forecast Kafka does not have."""
         assert self._publisher is not None
-        await self._publisher.commit(out)
+        await self._publisher.commit(out, on_state=self.engine.cache.committed)
         if out.values:
             self.hub.publish(out.symbols, out.values, out.points)
             self.metrics.forecasts_published.inc(len(out.values))

@@ -9,6 +9,7 @@ planner); `Publisher` sends it with the session's producer and consumer.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -85,23 +86,36 @@ class Publisher:
         self.n_forecast_parts = len(await self.producer.partitions_for(s.forecasts_topic)) or 1
         self.n_dlq_parts = len(await self.producer.partitions_for(s.dlq_topic)) or 1
 
-    async def commit(self, out: BatchCommit) -> None:
+    async def commit(
+        self, out: BatchCommit, on_state: Callable[[int, bytes], None] | None = None
+    ) -> None:
         """Publish forecasts, dead letters, checkpoints and offsets: atomically in one Kafka
         transaction (exactly-once), or send, wait, then commit (at-least-once). Raises
-        aiokafka's errors (the session fails and the next one restores)."""
+        aiokafka's errors (the session fails and the next one restores).
+
+        `on_state(offset, value)` is called, once committed, for each symbol state record
+        (not markers or tombstones) with its offset in the state topic: the host state
+        cache may then let go of it and fetch it back from there."""
         s = self.settings
         offsets = {TopicPartition(s.ticks_topic, p): o for p, o in out.offsets.items()}
+        placed: list[tuple[asyncio.Future[Any], list[Record]]] = []
         if s.exactly_once:
             async with self.producer.transaction():
                 await self._send_output(out)
-                await self._send_state(out)
+                await self._send_state(out, placed)
                 if offsets:
                     await self.producer.send_offsets_to_transaction(offsets, s.group_id)
         else:  # in order: a marker never moves past forecasts that are not acknowledged
             await asyncio.gather(*(await self._send_output(out)))
-            await asyncio.gather(*(await self._send_state(out)))
+            await asyncio.gather(*(await self._send_state(out, placed)))
             if offsets:
                 await self.consumer.commit(offsets)
+        if on_state is not None:
+            for fut, recs in placed:  # committed: the topic holds these records
+                base = (await fut).offset
+                for i, (key, value) in enumerate(recs):
+                    if key != MARKER_KEY and value is not None:
+                        on_state(base + i, value)
 
     async def _send_output(self, out: BatchCommit) -> list[asyncio.Future[Any]]:
         s = self.settings
@@ -120,27 +134,40 @@ class Publisher:
             )  # fmt: skip
         return futs
 
-    async def _send_state(self, out: BatchCommit) -> list[asyncio.Future[Any]]:
+    async def _send_state(
+        self, out: BatchCommit, placed: list[tuple[asyncio.Future[Any], list[Record]]]
+    ) -> list[asyncio.Future[Any]]:
         futs: list[asyncio.Future[Any]] = []
         n_state = 0
         for p, recs in out.state.items():
-            futs += await self._send_records(self.settings.state_topic, p, recs)
+            futs += await self._send_records(self.settings.state_topic, p, recs, placed)
             n_state += sum(k != MARKER_KEY for k, _ in recs)
         self.metrics.state_records.inc(n_state)
         return futs
 
     async def _send_records(
-        self, topic: str, partition: int, recs: list[Record]
+        self,
+        topic: str,
+        partition: int,
+        recs: list[Record],
+        placed: list[tuple[asyncio.Future[Any], list[Record]]] | None = None,
     ) -> list[asyncio.Future[Any]]:
-        """Send records to one partition as few record batches (cheaper than `send` each)."""
+        """Send records to one partition as few record batches (cheaper than `send` each).
+        `placed` gets each batch's future (its base offset) and records, in order."""
         producer = self.producer
         futs: list[asyncio.Future[Any]] = []
         batch = producer.create_batch()
-        for key, value in recs:
+        start = 0
+        for j, (key, value) in enumerate(recs):
             if batch.append(key=key, value=value, timestamp=None) is None:
                 futs.append(await producer.send_batch(batch, topic, partition=partition))
+                if placed is not None:
+                    placed.append((futs[-1], recs[start:j]))
+                start = j
                 batch = producer.create_batch()
                 batch.append(key=key, value=value, timestamp=None)
         if batch.record_count():
             futs.append(await producer.send_batch(batch, topic, partition=partition))
+            if placed is not None:
+                placed.append((futs[-1], recs[start:]))
         return futs

@@ -38,6 +38,9 @@ class FakeState:
                 self.dirty.discard(s)
         return out
 
+    def has_pending(self, partition: int) -> bool:
+        return partition in self.tombstones
+
     def tombstones_of(self, partition: int) -> list[Record]:
         return [(s.encode(), None) for s in sorted(self.tombstones.pop(partition, set()))]
 

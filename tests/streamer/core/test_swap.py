@@ -166,7 +166,7 @@ def test_a_symbol_evicted_and_back_in_its_old_slot_is_rewarmed(stocks: LoadedMod
     pending = engine.prepare_swap(new, engine.snapshot())
     sym = series[0].symbol
     slot = engine.slot_of[sym]
-    engine._release(slot, tombstone=True)  # evicted ...
+    engine._release(slot)  # forgotten (as an expired state is) ...
     engine.runtime.reset([slot])
     back = [t for t in ticks[100 * n :] if t[0] == sym][:130]
     run(engine, back)  # ... and back: same slot, seq restarted, now 130 (30 past the 100)
