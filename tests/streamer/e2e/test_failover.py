@@ -6,8 +6,10 @@ committed forecast (read_committed), equal to an uninterrupted run's."""
 from __future__ import annotations
 
 import asyncio
+import itertools
 import signal
 import subprocess
+import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,10 @@ def silences_s(records: list[Any]) -> dict[int, float]:
     out = {}
     for p, recs in sorted(by_part.items()):
         stamps = [t for _, t in sorted(recs)]
-        out[p] = max((b - a for a, b in zip(stamps, stamps[1:], strict=False)), default=0) / 1000
+        gap, at = max(((b - a, a) for a, b in itertools.pairwise(stamps)), default=(0, 0))
+        out[p] = gap / 1000
+        when = time.strftime("%H:%M:%S", time.gmtime(at / 1000)) + f".{at % 1000:03d}"
+        print(f"partition {p}: longest silence {gap / 1000:.2f} s from {when}")
     return out
 
 
