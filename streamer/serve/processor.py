@@ -227,7 +227,7 @@ class StreamProcessor:
                     if self._failure is not None:
                         raise self._failure
                     if batch:
-                        out = await self._compute(batch)
+                        out = self._compute(batch)
                         if out is not None:
                             # One batch in flight: compute the next while this one commits.
                             await self._drain()
@@ -296,8 +296,13 @@ class StreamProcessor:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         async with self.lock:
-            mine = sorted(tp.partition for tp in partitions if tp.partition in self.parts)
-            if not mine:
+            topic = self.settings.ticks_topic
+            revoked = sorted(tp.partition for tp in partitions if tp.topic == topic)
+            mine = [p for p in revoked if p in self.parts]
+            if not revoked:
+                return
+            if self._publisher is not None and not mine:  # assigned, but never restored
+                await self._publisher.close(revoked)
                 return
             log.info("revoking ticks partitions %s: checkpointing them for the next owner", mine)
             try:
@@ -317,7 +322,7 @@ class StreamProcessor:
                     self._assigned_at.pop(p, None)
                 self.metrics.active_symbols.set(len(self.engine))
                 if self._publisher is not None:
-                    await self._publisher.close(mine)
+                    await self._publisher.close(revoked)
 
     def _lose(self, fenced: list[int]) -> None:
         """Drop fenced partitions at once: never publish from their state again."""
@@ -342,15 +347,11 @@ class StreamProcessor:
         if task is not None:
             await task
 
-    async def _compute(self, batch: dict[TopicPartition, list[Any]]) -> BatchCommit | None:
+    def _compute(self, batch: dict[TopicPartition, list[Any]]) -> BatchCommit | None:
         """Everything synchronous about a batch: decode, step, encode, checkpoint records.
-        Advances the engine and the partitions' positions.
-
-        The step runs in a worker thread (under the batch lock, so nothing else touches
-        the engine meanwhile): a batch shape seen for the first time compiles for seconds
-        (a backlog after a rebalance: hundreds of ticks per symbol), and on the loop
-        thread that would stop aiokafka's heartbeats and get this instance expelled from
-        its group. The Kafka clients are used on the loop thread only."""
+        Advances the engine and the partitions' positions. (It runs on the loop thread: a
+        first-time compile here delays heartbeats; see docs/stream.md, *Fencing and
+        fail-over*.)"""
         t0 = time.perf_counter()
         s = self.settings
         values: list[bytes | None] = []
@@ -385,14 +386,10 @@ class StreamProcessor:
                 advanced[tp.partition] = max(st.next_offset, recs[-1].offset + 1)
         if not values:
             return None
+        decoded, bad = decode(values, keys)
         partition = np.asarray(part, np.int32)
         offset = np.asarray(offs, np.int64)
-
-        def step() -> tuple[Any, list[Any]]:
-            decoded, bad = decode(values, keys)
-            return self.engine.apply(decoded, partition, offset, skip_applied=True), bad
-
-        applied, bad = await asyncio.to_thread(step)
+        applied = self.engine.apply(decoded, partition, offset, skip_applied=True)
         f = applied.forecasts
         rejected = bad + applied.rejected
         if applied.evicted:

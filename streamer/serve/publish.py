@@ -129,18 +129,22 @@ def make_producer(s: Settings, partition: int | None = None) -> AIOKafkaProducer
 def _is_fenced(producer: AIOKafkaProducer, exc: BaseException) -> bool:
     """Did `exc` come from a fence? aiokafka raises ProducerFenced once (to whichever call
     waits first); later calls on the producer fail on its fatal state (IllegalOperation,
-    AssertionError), so that state is read too (a private attribute, read only here)."""
+    AssertionError), so that state is read too (a private attribute, read only here). The
+    transaction's own waiter holds the error as well: it is retrieved here, or asyncio
+    would log it as never retrieved."""
+    txn = getattr(producer, "_txn_manager", None)
+    waiter = txn.wait_for_transaction_end() if txn is not None else None
+    cause = (
+        waiter.exception()
+        if waiter is not None and waiter.done() and not waiter.cancelled()
+        else None
+    )
     if isinstance(exc, ProducerFenced | InvalidProducerEpoch):
         return True
-    txn = getattr(producer, "_txn_manager", None)
-    if txn is None or not txn.is_fatal_error():
-        return False
-    waiter = txn.wait_for_transaction_end()
     return bool(
-        waiter is not None
-        and waiter.done()
-        and not waiter.cancelled()
-        and isinstance(waiter.exception(), ProducerFenced | InvalidProducerEpoch)
+        txn is not None
+        and txn.is_fatal_error()
+        and isinstance(cause, ProducerFenced | InvalidProducerEpoch)
     )
 
 
