@@ -2,8 +2,10 @@
 in, Kafka and hub out).
 
 One micro-batch at a time: `getmany` → decode → `Engine.apply` → publish forecasts,
-dead letters, (periodically) state checkpoints, and the consumed offsets — in ONE Kafka
-transaction by default (exactly-once), or publish-then-commit (at-least-once).
+dead letters, (periodically) state checkpoints, and the consumed offsets — in one Kafka
+transaction per ticks partition by default (exactly-once; each assigned partition has its
+own transactional producer, so whoever is assigned it next fences this instance), or
+publish-then-commit (at-least-once).
 
 Restart and rebalance use one path. When a ticks partition is assigned, its symbols' state
 is read back from the compacted state topic (same partition number). The partition's
