@@ -173,18 +173,26 @@ def test_second_instance_joins_and_leaves(
         from streamer.kafka.topics import ensure_topics
 
         await ensure_topics(s)
-        feed = asyncio.create_task(stream(s, 12, n, rate=1000))
         a = serve_process(s, log_a, client_id="serve-a")
+        b: subprocess.Popen[bytes] | None = None
         try:
+            await asyncio.to_thread(wait_serving, log_a)
+            # The second half of the ticks flows only once b serves, so b takes ticks over
+            # however long its start takes (5-30 s on a busy 2-core host).
+            first = asyncio.create_task(stream_part(s, ticks[: n // 2], rate=1000))
             await asyncio.sleep(4.0)
             b = serve_process(s, log_b, client_id="serve-b")
             await asyncio.to_thread(wait_serving, log_b)  # b owns partitions now
+            await first
+            feed = asyncio.create_task(stream_part(s, ticks[n // 2 :], rate=1000))
             await asyncio.sleep(4.0)
             assert re.search(r"partition \d+: [1-9]\d* symbols restored", log_b.read_text())
             assert stop(b) == 0, log_tail(log_b)
             await feed
             fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=n, timeout_s=90)
         finally:
+            if b is not None and b.poll() is None:
+                stop(b)
             rc = stop(a)
         assert rc == 0, log_tail(log_a)
         return forecasts_of(fc)
