@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import InvalidProducerEpoch, ProducerFenced
+from aiokafka.errors import InvalidProducerEpoch, ProducerFenced, UnknownError
 from aiokafka.structs import TopicPartition
 
 from streamer.core.checkpoints import Record
@@ -126,9 +126,24 @@ def make_producer(s: Settings, partition: int | None = None) -> AIOKafkaProducer
     )
 
 
+# Kafka >= 2.7 answers a fenced producer's EndTxn and AddPartitionsToTxn with PRODUCER_FENCED
+# (error 90, KIP-588), a code aiokafka 0.14 does not know: it raises UnknownError (-1), which
+# kills the producer's sender ("Unexpected error during batch delivery"). From a
+# transactional producer's request that is, in practice, a fence.
+_FENCED = (ProducerFenced, InvalidProducerEpoch, UnknownError)
+
+
+def _causes(exc: BaseException | None) -> list[BaseException]:
+    out: list[BaseException] = []
+    while exc is not None and exc not in out:
+        out.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return out
+
+
 def _is_fenced(producer: AIOKafkaProducer, exc: BaseException) -> bool:
-    """Did `exc` come from a fence? aiokafka raises ProducerFenced once (to whichever call
-    waits first); later calls on the producer fail on its fatal state (IllegalOperation,
+    """Did `exc` come from a fence? aiokafka raises the fence once (to whichever call waits
+    first); later calls on the producer fail on its fatal state (IllegalOperation,
     AssertionError), so that state is read too (a private attribute, read only here). The
     transaction's own waiter holds the error as well: it is retrieved here, or asyncio
     would log it as never retrieved."""
@@ -139,12 +154,12 @@ def _is_fenced(producer: AIOKafkaProducer, exc: BaseException) -> bool:
         if waiter is not None and waiter.done() and not waiter.cancelled()
         else None
     )
-    if isinstance(exc, ProducerFenced | InvalidProducerEpoch):
+    if any(isinstance(e, _FENCED) for e in _causes(exc)):
         return True
     return bool(
         txn is not None
         and txn.is_fatal_error()
-        and isinstance(cause, ProducerFenced | InvalidProducerEpoch)
+        and any(isinstance(e, _FENCED) for e in _causes(cause))
     )
 
 
