@@ -111,6 +111,25 @@ class Metrics:
             "Per-symbol states restored from the state topic",
             registry=r,
         )
+        # Group membership and fencing (streamer/serve/processor.py, docs/stream.md).
+        self.rebalances = Counter(
+            "tickcast_rebalances",
+            "Rebalances this instance took part in (each new assignment of ticks partitions)",
+            registry=r,
+        )
+        self.fenced = Counter(
+            "tickcast_fenced",
+            "Ticks partitions whose transactional producer was fenced: another instance took "
+            "the partition over while this one still held it (expelled: frozen or stalled)",
+            registry=r,
+        )
+        self.assignment_to_publish_seconds = Histogram(
+            "tickcast_assignment_to_publish_seconds",
+            "From a ticks partition's assignment to its first committed forecasts: producer "
+            "fencing, state restore, replay, first transaction",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0),
+            registry=r,
+        )
         self.model = Info("tickcast_model", "The model serving", registry=r)
         self.live_rmse = Gauge(
             "tickcast_live_rmse",

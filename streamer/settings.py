@@ -47,6 +47,9 @@ class Settings:
     max_poll_records: int = 20000
     precompile: bool = True
     fetch_max_wait_ms: int = 5
+    session_timeout_ms: int = 10000
+    heartbeat_interval_ms: int = 1000
+    max_poll_interval_ms: int = 60000
     metrics_host: str = "127.0.0.1"
     metrics_port: int = 9300
     feed_host: str = "127.0.0.1"
@@ -123,6 +126,13 @@ HELP: dict[str, str] = {
     "live ticks; compiled code is cached on disk across restarts)",
     "fetch_max_wait_ms": "longest wait for more ticks before a micro-batch runs "
     "(Kafka fetch.max.wait.ms)",
+    "session_timeout_ms": "an instance silent this long (no heartbeat: dead, frozen, stalled) "
+    "leaves the group and its partitions move to the others (Kafka session.timeout.ms; the "
+    "broker accepts 6000 to 1800000)",
+    "heartbeat_interval_ms": "heartbeats to the group coordinator; also how soon an instance "
+    "learns of a rebalance (Kafka heartbeat.interval.ms, well below session_timeout_ms)",
+    "max_poll_interval_ms": "an instance whose batch loop has not fetched for this long leaves "
+    "the group (Kafka max.poll.interval.ms)",
     "metrics_host": "address of the Prometheus metrics endpoint",
     "metrics_port": "port of the Prometheus metrics endpoint (0: none)",
     "feed_host": "address of the websocket feed, dashboard and health checks",

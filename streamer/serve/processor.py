@@ -2,8 +2,10 @@
 in, Kafka and hub out).
 
 One micro-batch at a time: `getmany` → decode → `Engine.apply` → publish forecasts,
-dead letters, (periodically) state checkpoints, and the consumed offsets — in ONE Kafka
-transaction by default (exactly-once), or publish-then-commit (at-least-once).
+dead letters, (periodically) state checkpoints, and the consumed offsets — in one Kafka
+transaction per ticks partition by default (exactly-once; each assigned partition has its
+own transactional producer, so whoever is assigned it next fences this instance), or
+publish-then-commit (at-least-once).
 
 Restart and rebalance use one path. When a ticks partition is assigned, its symbols' state
 is read back from the compacted state topic (same partition number). The partition's
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
 from aiokafka.structs import TopicPartition
 
 from model.checkpoint import LoadedModel
@@ -41,7 +43,7 @@ from streamer.feed.hub import Hub
 from streamer.kafka.reconnect import reconnecting
 from streamer.kafka.topics import ensure_topics
 from streamer.metrics import Metrics
-from streamer.serve.publish import MAX_RECORD_BYTES, BatchCommit, Publisher, make_producer
+from streamer.serve.publish import MAX_RECORD_BYTES, BatchCommit, Fenced, Publisher
 from streamer.serve.recovery import fetch_states, restore_partition
 from streamer.settings import Settings
 
@@ -89,12 +91,13 @@ class StreamProcessor:
             self.parts, settings.checkpoint_interval_s, settings.checkpoint_max_records
         )
         self._consumer: AIOKafkaConsumer | None = None
-        self._producer: AIOKafkaProducer | None = None
         self._restorer: AIOKafkaConsumer | None = None
         self._publisher: Publisher | None = None
         self._stopping = False
         self._inflight: asyncio.Task[None] | None = None
         self._failure: BaseException | None = None  # raised in a rebalance callback
+        self._assigned_at: dict[int, float] = {}  # partition -> assigned (until first publish)
+        self._why = "session start"  # why the next assignment happens (its log line)
         self.ready = False  # consuming: the session holds its first assignment
         self._latency_ms: list[float] = []  # tick -> forecast, sampled per batch (status())
         self._status_at = (time.monotonic(), 0, 0)  # (when, ticks, forecasts) at last status
@@ -181,9 +184,10 @@ class StreamProcessor:
         s = self.settings
         self.counters.sessions += 1
         self._failure = None
+        self._why = "session start"
         self.engine.drop_partitions(range(1 << 16))
         self.parts.clear()
-        producer = make_producer(s)
+        self._assigned_at.clear()
         consumer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
             group_id=s.group_id,
@@ -194,6 +198,14 @@ class StreamProcessor:
             fetch_max_wait_ms=s.fetch_max_wait_ms,
             max_partition_fetch_bytes=8 * MAX_RECORD_BYTES,
             fetch_max_bytes=32 * MAX_RECORD_BYTES,
+            session_timeout_ms=s.session_timeout_ms,
+            heartbeat_interval_ms=s.heartbeat_interval_ms,
+            max_poll_interval_ms=s.max_poll_interval_ms,
+            # How long a rebalance waits for members to rejoin; each first finishes its batch
+            # and checkpoints what it gives up. aiokafka's default is the session timeout,
+            # which a batch compiling a new shape on a busy host can exceed (the member is
+            # then dropped and the group rebalances again); Java's is max.poll.interval.ms.
+            rebalance_timeout_ms=s.max_poll_interval_ms,
         )
         restorer = AIOKafkaConsumer(
             bootstrap_servers=s.kafka_bootstrap,
@@ -203,16 +215,19 @@ class StreamProcessor:
             max_partition_fetch_bytes=8 * MAX_RECORD_BYTES,
             fetch_max_bytes=32 * MAX_RECORD_BYTES,
         )
-        self._producer, self._consumer, self._restorer = producer, consumer, restorer
-        self._publisher = Publisher(s, producer, consumer, self.metrics)
-        started: list[Any] = []
+        publisher = Publisher(s, consumer, restorer, self.metrics)
+        self._consumer, self._restorer, self._publisher = consumer, restorer, publisher
+        started: list[AIOKafkaConsumer] = []
         try:
-            for client in (producer, restorer, consumer):
-                if client is consumer:
-                    consumer.subscribe([s.ticks_topic], listener=_Listener(self))
-                await client.start()
-                started.append(client)
-            await self._publisher.fetch_partitions()
+            await restorer.start()
+            started.append(restorer)
+            await publisher.start()
+            # Joining the group comes last: the model is compiled (`ServeService.start`)
+            # and the clients are up, so nothing long runs on the loop between joining and
+            # the first heartbeats (aiokafka heartbeats from a task on this loop).
+            consumer.subscribe([s.ticks_topic], listener=_Listener(self))
+            await consumer.start()
+            started.append(consumer)
             log.info(
                 "session %d: consuming %s as %s", self.counters.sessions, s.ticks_topic, s.client_id
             )
@@ -244,11 +259,16 @@ class StreamProcessor:
                 await self._drain()
             # Bounded: a client cut off mid-call can hang; and aiokafka's fetcher can re-raise
             # the CancelledError of its own internal task here (nothing cancels this task:
-            # serve stops through the `stop` event).
+            # serve stops through the `stop` event). The consumer first: it leaves the group.
             for client in reversed(started):
                 with contextlib.suppress(Exception, asyncio.CancelledError):
                     await asyncio.wait_for(client.stop(), 5.0)
-            self._producer = self._consumer = self._restorer = None
+                if client is consumer:
+                    await publisher.stop()
+            if consumer not in started:
+                await publisher.stop()
+            self._consumer = self._restorer = None
+            self._publisher = None
             self._stopping = False
             self.ready = False
 
@@ -262,9 +282,21 @@ class StreamProcessor:
                 mine = sorted(
                     tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic
                 )
+                now = time.monotonic()
+                self._assigned_at.update((p, now) for p in mine)
                 self.counters.assigned.append(mine)
+                self.metrics.rebalances.inc()
+                log.info(
+                    "rebalance (%s): assigned ticks partitions %s as %s",
+                    self._why, mine, self.settings.client_id,
+                )  # fmt: skip
+                self._why = "rebalance: a member joined, left or timed out"
+                assert self._restorer is not None and self._consumer is not None
+                assert self._publisher is not None
+                # Fence first: starting the partitions' producers aborts any transaction a
+                # previous owner left open, so the state and offsets restored next are final.
+                await self._publisher.open(mine)
                 for p in mine:
-                    assert self._restorer is not None and self._consumer is not None
                     self.parts[p] = await restore_partition(
                         p, settings=self.settings, engine=self.engine, restorer=self._restorer,
                         consumer=self._consumer, metrics=self.metrics,
@@ -276,20 +308,49 @@ class StreamProcessor:
 
     async def revoked(self, partitions: set[TopicPartition]) -> None:
         async with self.lock:
-            mine = [tp.partition for tp in partitions if tp.partition in self.parts]
-            if not mine:
+            topic = self.settings.ticks_topic
+            revoked = sorted(tp.partition for tp in partitions if tp.topic == topic)
+            mine = [p for p in revoked if p in self.parts]
+            if not revoked:
                 return
+            if self._publisher is not None and not mine:  # assigned, but never restored
+                await self._publisher.close(revoked)
+                return
+            log.info("revoking ticks partitions %s: checkpointing them for the next owner", mine)
             try:
-                if not self._stopping and self._producer is not None and self._failure is None:
+                if not self._stopping and self._publisher is not None and self._failure is None:
                     await self._drain()
                     await self._send(self._outgoing(force_checkpoint=True, only=mine))
+            except Fenced:
+                # Another instance took them over already (this one was expelled): nothing
+                # was committed, their state is dropped, and this rebalance is the rejoin.
+                self._why = "rejoining after being fenced"
             except Exception as e:
                 self._failure = self._failure or e
             finally:
                 self.engine.drop_partitions(mine)
                 for p in mine:
                     self.parts.pop(p, None)
+                    self._assigned_at.pop(p, None)
                 self.metrics.active_symbols.set(len(self.engine))
+                if self._publisher is not None:
+                    await self._publisher.close(revoked)
+
+    def _lose(self, fenced: list[int]) -> None:
+        """Drop fenced partitions at once: never publish from their state again."""
+        self.metrics.fenced.inc(len(fenced))
+        lost = [p for p in fenced if p in self.parts]
+        self.engine.drop_partitions(lost)
+        for p in lost:
+            self.parts.pop(p, None)
+            self._assigned_at.pop(p, None)
+        self.metrics.active_symbols.set(len(self.engine))
+        log.warning(
+            "ticks partitions %s fenced: another instance took them over while this one held "
+            "them (expelled from the group: stalled or frozen past session_timeout_ms=%d); "
+            "their transaction in flight is aborted and their state dropped; rejoining",
+            fenced, self.settings.session_timeout_ms,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ the batch
     async def _drain(self) -> None:
@@ -300,7 +361,9 @@ class StreamProcessor:
 
     def _compute(self, batch: dict[TopicPartition, list[Any]]) -> BatchCommit | None:
         """Everything synchronous about a batch: decode, step, encode, checkpoint records.
-        Advances the engine and the partitions' positions."""
+        Advances the engine and the partitions' positions. (It runs on the loop thread: a
+        first-time compile here delays heartbeats; see docs/stream.md, *Fencing and
+        fail-over*.)"""
         t0 = time.perf_counter()
         s = self.settings
         values: list[bytes | None] = []
@@ -414,7 +477,15 @@ class StreamProcessor:
         """Commit one batch (`Publisher.commit`), then hand its forecasts to the hub: the
         feed never shows a forecast Kafka does not have."""
         assert self._publisher is not None
-        await self._publisher.commit(out, on_state=self.engine.cache.committed)
+        try:
+            await self._publisher.commit(out, on_state=self.engine.cache.committed)
+        except Fenced as e:
+            self._lose(e.partitions)
+            raise
+        if self._assigned_at:  # the first publish of newly assigned partitions
+            now = time.monotonic()
+            for p in set(out.parts) & self._assigned_at.keys():
+                self.metrics.assignment_to_publish_seconds.observe(now - self._assigned_at.pop(p))
         if out.values:
             self.hub.publish(out.symbols, out.values, out.points)
             self.metrics.forecasts_published.inc(len(out.values))

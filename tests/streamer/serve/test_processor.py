@@ -233,3 +233,48 @@ def test_replay_cli_publishes_a_bundled_series_in_time_order(kafka: LocalBroker)
         by_symbol.setdefault(d["symbol"], []).append(d["ts"])
     assert {k: len(v) for k, v in by_symbol.items()} == {x.symbol: len(x) for x in series}
     assert all(v == sorted(v) for v in by_symbol.values())
+
+
+def test_a_fenced_processor_drops_its_partitions_and_rejoins(
+    kafka: LocalBroker, stocks: LoadedModel
+) -> None:
+    """Another owner's producers fence the processor's mid-stream (what a new owner does to
+    a zombie): its next commit aborts, it counts the fence, drops the partitions' state,
+    starts a new session and restores; every tick still has exactly one forecast."""
+    from aiokafka import AIOKafkaConsumer
+
+    from streamer.serve.publish import Publisher
+
+    s = fresh_settings(kafka.bootstrap, precompile=False)
+    ticks = list(replay.synthetic(6, 3000, seed=3))
+    metrics = Metrics()
+
+    async def go() -> tuple[StreamProcessor, list[dict[str, Any]]]:
+        server = StreamProcessor(s, stocks, metrics=metrics)
+        stop = asyncio.Event()
+        task = asyncio.create_task(server.run(stop))
+        feed = asyncio.create_task(
+            replay.publish(s.kafka_bootstrap, s.ticks_topic, iter(ticks), rate=600,
+                           progress=False)
+        )  # fmt: skip
+        while server.counters.forecasts < 600:
+            await asyncio.sleep(0.05)
+        client = AIOKafkaConsumer(bootstrap_servers=s.kafka_bootstrap)
+        await client.start()
+        usurper = Publisher(s, client, client, Metrics())
+        await usurper.start()
+        await usurper.open(list(range(s.num_partitions)))  # fences the server's producers
+        await usurper.stop()
+        await client.stop()
+        await feed
+        fc = await read_topic(s.kafka_bootstrap, s.forecasts_topic, expect=len(ticks))
+        stop.set()
+        await task
+        return server, forecasts_of(fc)
+
+    server, fc = asyncio.run(go())
+    check_exactly_once(fc, ticks, reference(stocks, ticks, s.num_partitions))
+    assert metrics.fenced._value.get() >= 1
+    assert server.counters.sessions >= 2
+    assert metrics.rebalances._value.get() >= 2
+    assert metrics.assignment_to_publish_seconds._sum.get() > 0
