@@ -37,6 +37,9 @@ from streamer.core.ticks import Decoded, Rejected
 
 log = logging.getLogger(__name__)
 
+SHORT_SCAN = 8  # most ticks per symbol in one dispatch, for any batch size (precompiled)
+LONG_SCAN, LONG_SCAN_BATCH = 32, 16  # for batches of at most 16 symbols, up to 32 ticks each
+
 
 @dataclass
 class Applied:
@@ -88,13 +91,34 @@ class Engine(SlotStates):
         super().__init__(max_symbols, self.buffer_len, idle_evict_s, clock, cache, state_max_age_s)
         self.runtime = loaded.runtime(max_symbols, min_bucket=8)
 
+    def _advance(self, slots: np.ndarray, xs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """`Runtime.advance` in dispatches of the lengths `precompile` compiled: at most
+        `LONG_SCAN` steps for up to `LONG_SCAN_BATCH` symbols, `SHORT_SCAN` for more. A
+        backlog (many ticks per symbol in one batch, as after a fail-over) then never
+        compiles a new shape on the serving thread, which would stall it (and the consumer's
+        heartbeats) for seconds. Equal to one dispatch: each slot's ticks run in order,
+        carrying its state from chunk to chunk. `xs [time, batch, features]` → `[time,
+        batch, 2]`."""
+        t_max = xs.shape[0]
+        limit = LONG_SCAN if len(slots) <= LONG_SCAN_BATCH else SHORT_SCAN
+        if t_max <= limit:
+            return self.runtime.advance(slots, xs, counts)
+        out = np.zeros((t_max, len(slots), 2), np.float32)
+        for c in range(0, t_max, limit):
+            n = np.minimum(counts - c, limit)
+            live = n > 0
+            end = min(c + limit, t_max)
+            got = self.runtime.advance(slots[live], xs[c:end][:, live], n[live])
+            out[c:end, live] = got[: end - c]
+        return out
+
     def precompile(self) -> int:
         """Compile the shapes steady traffic uses (1 and a few ticks per symbol, every
         batch size up to `max_symbols` but at most 1,024) before the first tick."""
         sizes = [1 << k for k in range(3, 12) if 1 << (k - 1) < max(8, self.max_symbols)]
-        n = self.runtime.precompile(sizes, steps=(1, 4, 6, 8))
+        n = self.runtime.precompile(sizes, steps=(1, 4, 6, SHORT_SCAN))
         # A few busy symbols tick many times per batch: longer scans for small batches.
-        n += self.runtime.precompile(sizes[:2], steps=(12, 16, 24, 32))
+        n += self.runtime.precompile(sizes[:2], steps=(12, 16, 24, LONG_SCAN))
         hc = np.zeros((1, 2, self.config.layers, self.config.units), np.float32)
         # State gathers and scatters (checkpoints, restores, new symbols) up to every slot:
         # a checkpoint of a partition with 2,500 symbols would otherwise compile live.
@@ -244,7 +268,7 @@ class Engine(SlotStates):
         xs = np.zeros((t_max, len(uniq), x.shape[1]), np.float32)
         xs[kk, u] = x
         t0 = time.perf_counter()
-        out = self.runtime.advance(uniq, xs, counts)[kk, u]
+        out = self._advance(uniq, xs, counts)[kk, u]
         step_s = time.perf_counter() - t0
         fc, lo, hi = to_price(self.stats, price, out[:, 0], out[:, 1])
 

@@ -25,11 +25,10 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener
+from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import TopicPartition
 
 from model.checkpoint import LoadedModel
@@ -43,28 +42,15 @@ from streamer.feed.hub import Hub
 from streamer.kafka.reconnect import reconnecting
 from streamer.kafka.topics import ensure_topics
 from streamer.metrics import Metrics
+from streamer.serve.ownership import Counters, Listener, PartitionOwnership
 from streamer.serve.publish import MAX_RECORD_BYTES, BatchCommit, Fenced, Publisher
-from streamer.serve.recovery import fetch_states, restore_partition
+from streamer.serve.recovery import fetch_states
 from streamer.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Counters:
-    """Counters of this process (tests read them; Prometheus has the same)."""
-
-    batches: int = 0
-    ticks: int = 0
-    forecasts: int = 0
-    rejected: int = 0
-    skipped: int = 0  # non-tick messages of the format (acks, heartbeats, open klines)
-    replayed: int = 0
-    sessions: int = 0
-    assigned: list[list[int]] = field(default_factory=list)
-
-
-class StreamProcessor:
+class StreamProcessor(PartitionOwnership):
     """The serving loop. `await StreamProcessor(settings, loaded).run(stop_event)`."""
 
     def __init__(
@@ -225,7 +211,7 @@ class StreamProcessor:
             # Joining the group comes last: the model is compiled (`ServeService.start`)
             # and the clients are up, so nothing long runs on the loop between joining and
             # the first heartbeats (aiokafka heartbeats from a task on this loop).
-            consumer.subscribe([s.ticks_topic], listener=_Listener(self))
+            consumer.subscribe([s.ticks_topic], listener=Listener(self))
             await consumer.start()
             started.append(consumer)
             log.info(
@@ -271,86 +257,6 @@ class StreamProcessor:
             self._publisher = None
             self._stopping = False
             self.ready = False
-
-    # ------------------------------------------------------------------ rebalance
-    # aiokafka calls these from its coordinator task and only logs what they raise, so a
-    # failure is kept and re-raised by the batch loop, which ends the session: the next
-    # session restores every partition from Kafka.
-    async def assigned(self, partitions: set[TopicPartition]) -> None:
-        async with self.lock:
-            try:
-                mine = sorted(
-                    tp.partition for tp in partitions if tp.topic == self.settings.ticks_topic
-                )
-                now = time.monotonic()
-                self._assigned_at.update((p, now) for p in mine)
-                self.counters.assigned.append(mine)
-                self.metrics.rebalances.inc()
-                log.info(
-                    "rebalance (%s): assigned ticks partitions %s as %s",
-                    self._why, mine, self.settings.client_id,
-                )  # fmt: skip
-                self._why = "rebalance: a member joined, left or timed out"
-                assert self._restorer is not None and self._consumer is not None
-                assert self._publisher is not None
-                # Fence first: starting the partitions' producers aborts any transaction a
-                # previous owner left open, so the state and offsets restored next are final.
-                await self._publisher.open(mine)
-                for p in mine:
-                    self.parts[p] = await restore_partition(
-                        p, settings=self.settings, engine=self.engine, restorer=self._restorer,
-                        consumer=self._consumer, metrics=self.metrics,
-                    )  # fmt: skip
-                self.metrics.active_symbols.set(len(self.engine))
-                self.ready = True
-            except Exception as e:
-                self._failure = self._failure or e
-
-    async def revoked(self, partitions: set[TopicPartition]) -> None:
-        async with self.lock:
-            topic = self.settings.ticks_topic
-            revoked = sorted(tp.partition for tp in partitions if tp.topic == topic)
-            mine = [p for p in revoked if p in self.parts]
-            if not revoked:
-                return
-            if self._publisher is not None and not mine:  # assigned, but never restored
-                await self._publisher.close(revoked)
-                return
-            log.info("revoking ticks partitions %s: checkpointing them for the next owner", mine)
-            try:
-                if not self._stopping and self._publisher is not None and self._failure is None:
-                    await self._drain()
-                    await self._send(self._outgoing(force_checkpoint=True, only=mine))
-            except Fenced:
-                # Another instance took them over already (this one was expelled): nothing
-                # was committed, their state is dropped, and this rebalance is the rejoin.
-                self._why = "rejoining after being fenced"
-            except Exception as e:
-                self._failure = self._failure or e
-            finally:
-                self.engine.drop_partitions(mine)
-                for p in mine:
-                    self.parts.pop(p, None)
-                    self._assigned_at.pop(p, None)
-                self.metrics.active_symbols.set(len(self.engine))
-                if self._publisher is not None:
-                    await self._publisher.close(revoked)
-
-    def _lose(self, fenced: list[int]) -> None:
-        """Drop fenced partitions at once: never publish from their state again."""
-        self.metrics.fenced.inc(len(fenced))
-        lost = [p for p in fenced if p in self.parts]
-        self.engine.drop_partitions(lost)
-        for p in lost:
-            self.parts.pop(p, None)
-            self._assigned_at.pop(p, None)
-        self.metrics.active_symbols.set(len(self.engine))
-        log.warning(
-            "ticks partitions %s fenced: another instance took them over while this one held "
-            "them (expelled from the group: stalled or frozen past session_timeout_ms=%d); "
-            "their transaction in flight is aborted and their state dropped; rejoining",
-            fenced, self.settings.session_timeout_ms,
-        )  # fmt: skip
 
     # ------------------------------------------------------------------ the batch
     async def _drain(self) -> None:
@@ -497,14 +403,3 @@ class StreamProcessor:
                 self._latency_ms.append(ms)
             del self._latency_ms[:-3000]
             self.metrics.batch_seconds.observe(out.compute_s)
-
-
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
-    def __init__(self, server: StreamProcessor) -> None:
-        self.server = server
-
-    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self.server.revoked(revoked)
-
-    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
-        await self.server.assigned(assigned)

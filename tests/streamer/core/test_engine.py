@@ -268,3 +268,43 @@ def test_skip_applied_drops_ticks_a_state_already_holds(stocks: LoadedModel) -> 
         np.testing.assert_array_equal(a.runtime.states_of([a.slot_of[sym]]),
                                       b.runtime.states_of([b.slot_of[sym]]))  # fmt: skip
     assert len(b.apply(good, part, offs, skip_applied=True).forecasts) == 0
+
+
+def test_a_backlog_runs_in_precompiled_dispatches_and_equals_one_tick_batches(
+    stocks: LoadedModel,
+) -> None:
+    """Forty symbols with 30 ticks each in one batch (a backlog, as after a fail-over) run
+    in dispatches of at most 8 steps, the lengths `precompile` compiled for that many
+    symbols, and give exactly the forecasts of ticking one batch per step."""
+    rng = np.random.default_rng(3)
+    symbols = [f"S{i:02d}" for i in range(40)]
+    steps = 30
+    prices = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (steps, len(symbols))), axis=0))
+    ticks = [
+        (sym, 1_700_000_000_000 + 60_000 * t, float(prices[t, j]), None)
+        for t in range(steps)
+        for j, sym in enumerate(symbols)
+    ]
+
+    def apply(engine: Engine, chunk: list[tuple[str, int, float, float | None]], first: int):
+        good, bad = decode([encode(*t) for t in chunk], [t[0].encode() for t in chunk])
+        assert not bad
+        return engine.apply(good, np.zeros(len(good), np.int32), first + np.arange(len(good)))
+
+    one = Engine(stocks, max_symbols=64)
+    lengths: list[tuple[int, int]] = []
+    advance = one.runtime.advance
+
+    def spy(slots: np.ndarray, xs: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        lengths.append((len(slots), xs.shape[0]))
+        return advance(slots, xs, counts)
+
+    one.runtime.advance = spy  # type: ignore[method-assign]
+    backlog = per_symbol([apply(one, ticks, 0).forecasts])
+    assert lengths and all(t <= 8 for b, t in lengths if b > 16), lengths
+    stepwise = Engine(stocks, max_symbols=64)
+    fs = [apply(stepwise, ticks[i : i + 40], i).forecasts for i in range(0, len(ticks), 40)]
+    ref = per_symbol(fs)
+    assert backlog.keys() == ref.keys()
+    for sym in ref:
+        np.testing.assert_allclose(backlog[sym], ref[sym], rtol=1e-5, atol=1e-6)
