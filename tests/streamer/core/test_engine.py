@@ -3,6 +3,7 @@ never touches state, checkpoints resume exactly, eviction is bounded and announc
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 
 import numpy as np
@@ -275,16 +276,22 @@ def test_a_backlog_runs_in_precompiled_dispatches_and_equals_one_tick_batches(
 ) -> None:
     """Forty symbols with 30 ticks each in one batch (a backlog, as after a fail-over) run
     in dispatches of at most 8 steps, the lengths `precompile` compiled for that many
-    symbols, and give exactly the forecasts of ticking one batch per step."""
+    symbols, and give exactly the forecasts (and carried states, seen in the batches after)
+    of ticking one batch per step."""
     rng = np.random.default_rng(3)
     symbols = [f"S{i:02d}" for i in range(40)]
-    steps = 30
+    steps, backlog_steps = 40, 30
     prices = 100 * np.exp(np.cumsum(rng.normal(0, 0.01, (steps, len(symbols))), axis=0))
+    # Each symbol ticks on a random subset of the backlog's steps: ragged counts per symbol.
+    on = rng.random((steps, len(symbols))) < 0.6
+    on[backlog_steps:] = True
     ticks = [
         (sym, 1_700_000_000_000 + 60_000 * t, float(prices[t, j]), None)
         for t in range(steps)
         for j, sym in enumerate(symbols)
+        if on[t, j]
     ]
+    cut = int(on[:backlog_steps].sum())  # a backlog batch, then one batch per step
 
     def apply(engine: Engine, chunk: list[tuple[str, int, float, float | None]], first: int):
         good, bad = decode([encode(*t) for t in chunk], [t[0].encode() for t in chunk])
@@ -300,10 +307,13 @@ def test_a_backlog_runs_in_precompiled_dispatches_and_equals_one_tick_batches(
         return advance(slots, xs, counts)
 
     one.runtime.advance = spy  # type: ignore[method-assign]
-    backlog = per_symbol([apply(one, ticks, 0).forecasts])
+    fs_one = [apply(one, ticks[:cut], 0).forecasts]
     assert lengths and all(t <= 8 for b, t in lengths if b > 16), lengths
+    fs_one += [apply(one, ticks[i : i + 40], i).forecasts for i in range(cut, len(ticks), 40)]
+    backlog = per_symbol(fs_one)
     stepwise = Engine(stocks, max_symbols=64)
-    fs = [apply(stepwise, ticks[i : i + 40], i).forecasts for i in range(0, len(ticks), 40)]
+    bounds = np.concatenate([[0], np.cumsum(on.sum(axis=1))])
+    fs = [apply(stepwise, ticks[a:b], int(a)).forecasts for a, b in itertools.pairwise(bounds)]
     ref = per_symbol(fs)
     assert backlog.keys() == ref.keys()
     for sym in ref:
