@@ -25,6 +25,7 @@ scores the live stream (`streamer.metrics`).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -338,8 +339,8 @@ def format_table(report: dict[str, Any]) -> str:
     if q:
         lines.append(
             f"scale-free, pooled over symbols (log prices): error ratio vs persistence "
-            f"{q['error_ratio']:.4f}, coverage {q['coverage90']:.3f}, Winkler interval score "
-            f"vs EWMA random walk {q['interval_score_ratio']:.4f}x"
+            f"{_num(q['error_ratio'], '.4f')}, coverage {_num(q['coverage90'], '.3f')}, "
+            f"Winkler interval score vs EWMA random walk {_num(q['interval_score_ratio'], '.4f')}x"
         )
     return "\n".join(lines)
 
@@ -373,3 +374,9 @@ def plot(ev: Evaluation, path: str, last_n: int = 250) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _num(x: float | None, spec: str) -> str:
+    """`x` formatted, or `-` where there is no value (NaN: e.g. a ratio to a persistence
+    that was exact on a constant series)."""
+    return "-" if x is None or not math.isfinite(x) else format(x, spec)

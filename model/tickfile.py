@@ -34,6 +34,7 @@ from __future__ import annotations
 import csv
 import io
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -142,13 +143,15 @@ def _csv_rows(
         for item in opts.format[len("fields:") :].split(","):
             name, _, key = item.partition("=")
             mapping[name.strip()] = key.strip()
-        cols = {k: (v if v in header else None) for k, v in mapping.items()}
+        cols = {k: _column(header, (v.lower(),)) for k, v in mapping.items()}
         for k in ("symbol", "price", "ts"):
             if k not in cols:
                 raise ValueError(f"field mapping lacks {k!r}")
-        missing = [mapping[k] for k, v in cols.items() if v is None and k != "symbol"]
+        # A file of one symbol may map a symbol column it lacks when --symbol names it.
+        missing = [mapping[k] for k, v in cols.items()
+                   if v is None and not (k == "symbol" and opts.symbol)]  # fmt: skip
         if missing:
-            raise DataError(f"{path}:1: header {header} lacks {missing}")
+            raise DataError(f"{path}:1: header {header} lacks {missing} (the fields: mapping)")
     elif opts.format == "tickcast":
         price_col = (
             _column(header, (opts.price_column.lower(),))
@@ -177,9 +180,25 @@ def _csv_rows(
         )
     default_symbol = opts.symbol or path.stem
     reader = csv.reader(text, delimiter=delim)
-    reader_line = 1
+    rows: list[tuple[int, list[str]]] = []
+    last = 0  # physical lines read so far, past the header
     for cells in reader:
-        line = reader_line + reader.line_num
+        start, last = 1 + last + 1, reader.line_num
+        if last > start - 1 and any(_swallows_rows(c, delim, len(header)) for c in cells):
+            raise DataError(
+                f"{path}:{start}: a quoted cell runs over lines {start}-{last + 1} "
+                "(an unterminated quote?)"
+            )
+        rows.append((start, cells))
+    numeric = [cols.get("price"), cols.get("volume")]
+    idx = [header.index(c) for c in numeric if c is not None and c in header]
+    # Decimal commas: a semicolon file whose numbers have commas (then a dot groups
+    # thousands, `1.316,82`, and `1.205` alone is 1205, as such exports write it).
+    decimal_comma = decimal_comma and any(
+        "," in cells[i] for _, cells in rows[:1000] for i in idx if i < len(cells)
+    )
+    has_symbol = cols.get("symbol") is not None
+    for line, cells in rows:
         if not cells or all(not c.strip() for c in cells):
             continue
         if len(cells) < len(header):
@@ -191,11 +210,30 @@ def _csv_rows(
                 continue
             v = row.get(col, "")
             if decimal_comma and k in ("price", "volume"):
-                v = v.replace(",", ".")
+                v = _decimal_comma(v)
             rec[k] = v
-        if cols.get("symbol") is None or not rec.get("symbol"):
+        if not has_symbol:  # a file of one symbol: --symbol, or the file's name
             rec["symbol"] = default_symbol
         yield line, rec
+
+
+def _swallows_rows(cell: str, delim: str, width: int) -> bool:
+    """A quoted cell over several lines whose later lines look like rows of the file: a
+    stray quote that swallowed them (a cell with line breaks in it is fine otherwise)."""
+    lines = cell.splitlines()
+    return len(lines) > 1 and any(ln.count(delim) >= width - 1 for ln in lines[1:])
+
+
+_THOUSANDS = re.compile(r"[0-9]{1,3}(\.[0-9]{3})+")
+
+
+def _decimal_comma(v: str) -> str:
+    """`1.316,82` → `1316.82`, `1.205` → `1205`, `120,5` → `120.5` (European exports)."""
+    if "," in v:
+        return v.replace(".", "").replace(",", ".")
+    if _THOUSANDS.fullmatch(v):
+        return v.replace(".", "")
+    return v
 
 
 def _json_rows(text: io.TextIOBase) -> Iterator[tuple[int, object | Bad]]:

@@ -125,6 +125,8 @@ def parse_number(v: object, name: str) -> float:
         if s.lower() in _MISSING:
             return math.nan
         try:
+            if not s.isascii() or "_" in s:  # Python-only forms: "1_000", other scripts' digits
+                raise ValueError(s)
             return float(s)
         except ValueError:
             raise Bad("bad_type", f"{name} {v[:40]!r} is not a number") from None
@@ -148,8 +150,26 @@ def _check_ms(ms: int, unit: str, raw: object) -> int:
     return ms
 
 
+def _calendar_ms(v: int) -> int | None:
+    """Epoch ms of an integer that spells a calendar time, `YYYYMMDD`, `YYYYMMDDHHMM` or
+    `YYYYMMDDHHMMSS` (UTC, years 1900-2199), else None. As epoch numbers those would be
+    1970 (8 digits, seconds), 1976 (12, milliseconds) or after 2200 (14): vendors' date
+    columns, never real epochs."""
+    s = str(v)
+    if len(s) not in (8, 12, 14) or not "1900" <= s[:4] <= "2199":
+        return None
+    try:
+        d = datetime.strptime(s, {8: "%Y%m%d", 12: "%Y%m%d%H%M", 14: "%Y%m%d%H%M%S"}[len(s)])
+    except ValueError:
+        return None
+    return int(d.replace(tzinfo=UTC).timestamp()) * 1000
+
+
 def _epoch_int(v: int, unit: str | None, raw: object) -> int:
-    """Exact integer scaling (floor to the millisecond)."""
+    """Exact integer scaling (floor to the millisecond); with the unit inferred, an integer
+    spelling a calendar date or time (`_calendar_ms`) is read as one."""
+    if unit is None and (ms := _calendar_ms(v)) is not None:
+        return ms
     u = unit or _unit_of(abs(v), raw)
     mul, div = _FACTOR[u]
     return _check_ms(v * mul // div, u, raw)
@@ -181,8 +201,12 @@ def parse_ts(v: object, unit: str | None = None) -> int:
         s = v.strip()
         if not s or s.lower() in _MISSING:
             raise Bad("missing_field", "ts is empty")
-        if s.lstrip("-").isdigit():
-            return _epoch_int(int(s), unit, v)
+        if s.isascii() and s.lstrip("-").isdigit():
+            try:
+                n = int(s)
+            except ValueError:  # longer than Python converts (4300 digits)
+                raise Bad("bad_ts", f"ts {v[:40]!r} is too long to be a time") from None
+            return _epoch_int(n, unit, v)
         try:
             d = datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in "Zz" else s)
         except ValueError:
@@ -252,6 +276,23 @@ class Format:
     name: str
     parse: Parse
     unit: str | None = None  # the forced ts unit, None: inferred per value
+
+
+def _total(parse: Parse) -> Parse:
+    """`parse`, with any error other than `Bad` (a value no rule foresaw: a digit string
+    Python cannot convert, a structure nested too deep) turned into `Bad("bad_type")`: one
+    odd record is rejected with a reason, never a crash of the reader or the stream."""
+
+    def total(obj: object) -> Tick | Skip:
+        try:
+            return parse(obj)
+        except Bad:
+            raise
+        except (ValueError, TypeError, OverflowError, RecursionError, KeyError) as e:
+            detail = f"unreadable record ({type(e).__name__}: {str(e)[:120]})"
+            raise Bad("bad_type", detail) from None
+
+    return total
 
 
 def _tickcast(unit: str | None) -> Parse:
@@ -352,11 +393,11 @@ def make_format(spec: str = "tickcast", ts_unit: str | None = None) -> Format:
     if unit is not None and unit not in TS_UNITS:
         raise ValueError(f"unknown ts unit {ts_unit!r}: auto, s, ms, us or ns")
     if spec == "tickcast":
-        return Format(spec, _tickcast(unit), unit)
+        return Format(spec, _total(_tickcast(unit)), unit)
     if spec == "binance":
-        return Format(spec, _binance(unit), unit)
+        return Format(spec, _total(_binance(unit)), unit)
     if spec == "coinbase":
-        return Format(spec, _coinbase(unit), unit)
+        return Format(spec, _total(_coinbase(unit)), unit)
     if spec.startswith("fields:"):
-        return Format(spec, _fields(spec[len("fields:") :], unit), unit)
+        return Format(spec, _total(_fields(spec[len("fields:") :], unit)), unit)
     raise ValueError(f"unknown format {spec!r}: tickcast, binance, coinbase or fields:...")

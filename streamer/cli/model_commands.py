@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -193,7 +194,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     if getattr(args, "collect", None) is not None:
         args.collect[args.data] = report
     if args.json:
-        print(json.dumps(report))
+        # Strict JSON: a score with no value (NaN: e.g. a ratio to a persistence that was
+        # exact on a constant series) is null, which every JSON reader accepts.
+        print(json.dumps(_json_safe(report), allow_nan=False))
     else:
         print(f"{args.data} with model {pred.version} ({model_dir})")
         print(format_table(report))
@@ -266,3 +269,16 @@ def _bundle(args: argparse.Namespace) -> int:
         if (rc := _train(ns)) != 0:
             return rc
     return 0
+
+
+def _json_safe(o: Any) -> Any:
+    """`o` with every non-finite float (NaN, ±inf) as None and numpy scalars as Python's."""
+    if isinstance(o, dict):
+        return {k: _json_safe(v) for k, v in o.items()}
+    if isinstance(o, list | tuple):
+        return [_json_safe(v) for v in o]
+    if hasattr(o, "item") and not isinstance(o, str | bytes):  # numpy scalar
+        o = o.item()
+    if isinstance(o, float) and not math.isfinite(o):
+        return None
+    return o

@@ -83,7 +83,11 @@ def _parse(raw: bytes) -> object:
     except orjson.JSONDecodeError:
         # orjson refuses NaN and Infinity literals, which Python's json emits; parse those
         # leniently so the rejection names the real problem (a bad price, not bad JSON).
-        return json.loads(raw)
+        # (orjson also refuses JSON nested deeper than 1024: so does this, in its way.)
+        try:
+            return json.loads(raw)
+        except RecursionError:
+            raise ValueError("JSON nested too deep") from None
 
 
 def check(

@@ -236,3 +236,37 @@ def test_fields_mapping() -> None:
             make_format(bad)
     with pytest.raises(ValueError, match="unknown format"):
         make_format("kraken")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"symbol": "AAA", "ts": "²", "price": 1},  # a Unicode digit int() refuses
+        {"symbol": "AAA", "ts": "1712900003000²", "price": 1},
+        {"symbol": "AAA", "ts": "9" * 5000, "price": 1},  # beyond int()'s 4300 digits
+        {"symbol": "AAA", "ts": 1712900003000, "price": "1_000"},  # Python-only syntax
+        {"symbol": "AAA", "ts": 1712900003000, "price": "١٢"},  # Arabic-Indic digits
+        {"symbol": "AAA", "ts": 1712900003000, "price": {"nested": [1]}},
+    ],
+)
+def test_a_record_no_rule_foresaw_is_rejected_never_raised(record: dict[str, object]) -> None:
+    for spec in ("tickcast", "fields:symbol=symbol,price=price,ts=ts"):
+        with pytest.raises(Bad) as e:
+            make_format(spec).parse(record)
+        assert e.value.reason in ("bad_ts", "bad_type", "bad_price")
+
+
+@pytest.mark.parametrize(
+    ("raw", "ms"),
+    [
+        (20230102, 1672617600000),  # YYYYMMDD, not 1970-08-23 in epoch seconds
+        ("20230102", 1672617600000),
+        (202404120930, 1712914200000),  # YYYYMMDDHHMM, not 1976 in epoch ms
+        (20240412093015, 1712914215000),  # YYYYMMDDHHMMSS, not after 2200 in epoch ms
+        (20231301, 20231301000),  # no month 13: an epoch number (seconds, 1970)
+        (1712900003, 1712900003000),  # epoch seconds stay epoch seconds
+    ],
+)
+def test_integers_that_spell_a_date_are_read_as_dates(raw: object, ms: int) -> None:
+    assert parse_ts(raw) == ms
+    assert parse_ts(20230102, "s") == 20230102000  # a forced unit reads the number as is

@@ -10,6 +10,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from model.data import synthetic
@@ -107,3 +108,12 @@ def test_datasets_lists_the_bundled_series():
     out = tickcast("datasets").stdout
     for name in ("taylor", "msft", "stocks", "sp500", "nasdaq"):
         assert name in out
+
+
+def test_evaluate_json_is_strict_json() -> None:
+    """A score with no value (NaN: a ratio to a persistence that was exact) prints as null."""
+    from streamer.cli.model_commands import _json_safe
+
+    report = {"rmse_ratio": float("nan"), "n": np.int64(3), "x": [float("inf"), 1.5]}
+    text = json.dumps(_json_safe(report), allow_nan=False)
+    assert json.loads(text) == {"rmse_ratio": None, "n": 3, "x": [None, 1.5]}

@@ -88,3 +88,19 @@ def test_formats_skip_non_ticks_and_force_units() -> None:
     raw = encode("X", 5, 1.0)
     assert decode([raw], [b"X"])[0].ts == [5000]
     assert decode([raw], [b"X"], make_format("tickcast", "ms"))[0].ts == [5]
+
+
+def test_poison_records_are_dead_letters_not_crashes() -> None:
+    """Records no rule foresaw end as rejections with a reason; the batch carries on."""
+    values = [
+        b'{"symbol":"AAA","ts":"\xc2\xb2","price":1}',
+        b"[" * 100_000 + b"]" * 100_000,  # nested beyond any JSON parser's depth
+        b'{"symbol":"AAA","ts":"' + b"9" * 5000 + b'","price":1}',
+        GOOD,
+    ]
+    for spec in ("tickcast", "binance", "coinbase"):
+        good, bad = decode(values, [None] * len(values), make_format(spec))
+        assert len(good) + len(bad) + len(good.skipped) == len(values), spec
+        assert {b.index for b in bad} >= {0, 1, 2}, (spec, bad)
+    good, bad = decode(values, [None] * len(values))
+    assert [b.reason for b in bad] == ["bad_ts", "bad_json", "bad_ts"] and len(good) == 1

@@ -89,7 +89,7 @@ def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
         sent.extend(first)
         await replay.publish(settings.kafka_bootstrap, settings.ticks_topic, iter(first),
                              rate=None, progress=False)  # fmt: skip
-        await until(lambda: server.counters.forecasts == len(first), timeout=120)
+        await until(lambda: server.counters.forecasts == len(first), 120, "regime one forecast")
         feeder = asyncio.create_task(
             replay.publish(settings.kafka_bootstrap, settings.ticks_topic, later(), rate=100,
                            progress=False)
@@ -98,11 +98,11 @@ def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
                        progress=False, quiet=True)  # fmt: skip
         attempt.update(await asyncio.to_thread(run_once, settings, opts, reg))
         assert attempt["outcome"] == "promoted", attempt
-        await until(lambda: server.engine.version != v0, timeout=60)
+        await until(lambda: server.engine.version != v0, 60, "the swap to the new version")
         swapped_at.append(time.monotonic())
         assert not feeder.done(), "ran out of ticks before the swap: not mid-stream"
         await feeder
-        await until(lambda: server.counters.forecasts == len(sent), timeout=60)
+        await until(lambda: server.counters.forecasts == len(sent), 60, "every tick forecast")
 
     asyncio.run(live(settings, server, body))
     v1 = server.engine.version
@@ -172,14 +172,18 @@ def test_drift_triggered_retrain_promotes_after_the_change_and_not_before(
         first = rows(series, 0, HALF)  # regime one, as fast as it goes: no alarm allowed
         await replay.publish(settings.kafka_bootstrap, settings.ticks_topic, iter(first),
                              rate=None, progress=False)  # fmt: skip
-        await until(lambda: server.counters.forecasts == len(first), timeout=120)
+        await until(lambda: server.counters.forecasts == len(first), 120, "regime one forecast")
         feeder = asyncio.create_task(
             replay.publish(settings.kafka_bootstrap, settings.ticks_topic, regime_two(),
                            rate=50, progress=False)
         )  # fmt: skip
         # 240 s of regime two at 50 ticks/s: room for an attempt (~2 min on a loaded 2-core
         # machine) after the detection.
-        await until(lambda: server.engine.version != v0 or feeder.done(), timeout=420)
+        await until(
+            lambda: server.engine.version != v0 or feeder.done(),
+            420,
+            "a drift-started promotion (or the end of the ticks)",
+        )
         swapped_at.append(time.monotonic())
         assert server.engine.version != v0, "no promotion before the ticks ran out"
         await feeder
