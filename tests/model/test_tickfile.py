@@ -164,3 +164,42 @@ def test_fields_mapping_on_a_csv(tmp_path: Path) -> None:
     g = write(tmp_path / "fx2.csv", "Time,Pair,Bid,Size\n1735689600,EURUSD,1.08345,5\n")
     (s,) = load_csv(g, ReadOptions(format="fields:symbol=Pair,price=Bid,ts=Time,volume=Size"))
     assert (s.symbol, s.ts.tolist(), s.price.tolist()) == ("EURUSD", [JAN_2025_MS], [1.08345])
+
+
+def test_decimal_commas_with_thousands_separators(tmp_path: Path) -> None:
+    f = write(tmp_path / "euro.csv", "\ufeffdate;symbol;price;volume\r\n"
+              '2019-01-02;SAP.DE;"1.316,82";1.297.486\r\n'
+              "2019-01-03;SAP.DE;1.205;297486\r\n"
+              "2019-01-04;SAP.DE;120,5;297,5\r\n")  # fmt: skip
+    got = read_ticks(f)
+    assert not got.rejected
+    assert [(t.price, t.volume) for _, t in got.ticks] == [
+        (1316.82, 1297486.0), (1205.0, 297486.0), (120.5, 297.5)
+    ]  # fmt: skip
+    # A semicolon file with decimal points (no commas in its numbers) keeps them.
+    dots = write(tmp_path / "dots.csv", "date;symbol;price\n2019-01-02;X;1.205\n")
+    assert [t.price for _, t in read_ticks(dots).ticks] == [1.205]
+
+
+def test_a_stray_quote_that_swallows_rows_is_an_error_at_its_line(tmp_path: Path) -> None:
+    rows = [f"{1712900000000 + 1000 * i},AAA,{100 + i / 100}" for i in range(20)]
+    rows[9] = '1712900009000,"AAA,100.09'  # line 11 of the file
+    f = write(tmp_path / "quote.csv", "timestamp,symbol,price\n" + "\n".join(rows) + "\n")
+    with pytest.raises(DataError, match=r"quote\.csv:11: a quoted cell runs over lines 11-"):
+        read_ticks(f)
+
+
+def test_a_blank_symbol_cell_is_rejected_not_named_after_the_file(tmp_path: Path) -> None:
+    f = write(tmp_path / "blank.csv", "timestamp,symbol,price\n"
+              "1735689600000,AAA,10\n1735689660000,,11\n")  # fmt: skip
+    got = read_ticks(f)
+    assert [t.symbol for _, t in got.ticks] == ["AAA"]
+    assert [(r.line, r.reason) for r in got.rejected] == [(3, "bad_symbol")]
+
+
+def test_a_fields_mapping_must_name_columns_the_file_has(tmp_path: Path) -> None:
+    f = write(tmp_path / "f.csv", "time,Instrument,px\n1735689600000,AAA,10\n1735689600000,BBB,5\n")
+    with pytest.raises(DataError, match=r"f\.csv:1: .*lacks \['instrumnt'\]"):
+        read_ticks(f, ReadOptions(format="fields:symbol=instrumnt,price=px,ts=time"))
+    got = read_ticks(f, ReadOptions(format="fields:symbol=instrument,price=px,ts=time"))
+    assert [t.symbol for _, t in got.ticks] == ["AAA", "BBB"]  # names match in any case
