@@ -186,6 +186,22 @@ def carried_outputs(
     return o, y, sl
 
 
+MIN_MOVING = 0.05  # share of steps a symbol's price must change on to calibrate intervals
+
+
+def _moving(prep: Prepared, sl: list[tuple[int, int, int, int]]) -> np.ndarray:
+    """`[n]` bool over `carried_outputs`' points: those of symbols whose price changed on at
+    least `MIN_MOVING` of their steps there. The 90% interval is calibrated on these only:
+    a constant or pegged symbol (a stablecoin, a halted stock) has errors of ~0 that would
+    pull the pooled quantile down and make every other symbol's interval too narrow."""
+    keep = []
+    for i, _, s, b in sl:
+        p = prep.series[i].price
+        moved = float(np.mean(p[s + 1 : b + 1] != p[s:b])) if b > s else 0.0
+        keep.append(np.full(b - s, moved >= MIN_MOVING))
+    return np.concatenate(keep) if keep else np.zeros(0, bool)
+
+
 def _nll(o: np.ndarray, y: np.ndarray) -> float:
     return float(np.mean(np.log(o[:, 1]) + 0.5 * ((y - o[:, 0]) / o[:, 1]) ** 2))
 
@@ -325,8 +341,11 @@ def fit(
     if not np.isfinite(best_val):  # never validated (tiny max_steps): keep the last weights
         o, y, _ = carried_outputs(params, prep, config.window, "val")
         best_val = _nll(o, y)
-    o, y, _ = carried_outputs(params, prep, config.window, "val")
+    o, y, sl = carried_outputs(params, prep, config.window, "val")
     z = np.abs(y - o[:, 0]) / o[:, 1]
+    moving = _moving(prep, sl)
+    if moving.sum() >= 20:  # a constant or pegged symbol's ~0 errors would shrink them all
+        z = z[moving]
     interval_scale = float(np.quantile(z, 0.9) / Z90) if len(z) >= 20 else 1.0
     steps = best_step
     if tc.refit and best_step > 0:
