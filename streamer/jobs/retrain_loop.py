@@ -4,8 +4,9 @@
 Attempts (`streamer.jobs.retrain.run_once`) start on the clock (`every_s`: first at once,
 then every `every_s`, start to start; an overrun starts the next at once), on drift (the
 forecasts topic tailed into `streamer.core.drift.DriftDetector` by `ForecastTail`: a
-detection starts an attempt, at most one per `cooldown_s`; a drift inside the cooldown waits
-for its end), or both. Each attempt's trigger is a log line at INFO, a count in
+detection starts an attempt, `settle_s` later and at most one per `cooldown_s`; a drift
+inside the cooldown waits for its end), or both. Each attempt's trigger is a log line at
+INFO, a count in
 `tickcast_retrain_triggers_total{reason}` ("schedule" or "drift") and a `trigger` field in
 its attempts.jsonl record; detections are counted in
 `tickcast_retrain_drift_detected_total{signal}` whether or not they start an attempt. The
@@ -67,6 +68,8 @@ class RetrainLoop:
       every_s: seconds between scheduled attempts (None: no schedule).
       on_drift: also start attempts on drift in the live quality.
       cooldown_s: at most one drift-started attempt per this many seconds.
+      settle_s: after a detection, wait this long before the attempt, so that the ticks it
+        trains on include some of the new regime (0: at once).
       metrics_port: Prometheus endpoint on `metrics_host` (0: none).
       max_runs: stop after this many attempts (None: until stopped).
       stop_flag: a thread-safe way to stop it (besides signals), e.g. from a test.
@@ -81,6 +84,7 @@ class RetrainLoop:
         every_s: float | None = None,
         on_drift: bool = False,
         cooldown_s: float = 600.0,
+        settle_s: float = 0.0,
         drift_config: DriftConfig = DriftConfig(),  # noqa: B008 - frozen dataclass
         metrics: RetrainMetrics | None = None,
         metrics_host: str = "127.0.0.1",
@@ -94,6 +98,7 @@ class RetrainLoop:
             raise ValueError("a retrain loop needs a schedule (every_s), on_drift, or both")
         self.settings, self.opts = settings, opts
         self.every_s, self.on_drift, self.cooldown_s = every_s, on_drift, cooldown_s
+        self.settle_s = settle_s
         self.drift_config = drift_config
         self.metrics = metrics or RetrainMetrics()
         self.why = TriggerMetrics(self.metrics) if on_drift else None
@@ -145,19 +150,26 @@ class RetrainLoop:
         next_scheduled = time.monotonic() if self.every_s else math.inf
         last_drift_run = -math.inf
         pending: Drift | None = None
+        detected_at = -math.inf
         while not self._stopped(stop) and (self.max_runs is None or self.runs < self.max_runs):
             now = time.monotonic()
             wake = next_scheduled
             if pending is not None:
-                wake = min(wake, last_drift_run + self.cooldown_s)
+                wake = min(wake, max(last_drift_run + self.cooldown_s, detected_at + self.settle_s))
             d = await self._wait(stop, min(wake - now, 0.5))
             if d is not None and self.why is not None:
                 self.why.detected.labels(d.signal).inc()
                 log.info("%s", d.describe())
+                if pending is None:
+                    detected_at = time.monotonic()
                 pending = d
             now = time.monotonic()
             trigger: dict[str, Any] | None = None
-            if pending is not None and now - last_drift_run >= self.cooldown_s:
+            if (
+                pending is not None
+                and now - last_drift_run >= self.cooldown_s
+                and now - detected_at >= self.settle_s
+            ):
                 trigger = {"reason": "drift", **dataclasses.asdict(pending),
                            "detail": pending.describe()}  # fmt: skip
                 pending, last_drift_run = None, now

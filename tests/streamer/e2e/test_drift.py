@@ -156,8 +156,11 @@ def test_drift_triggered_retrain_promotes_after_the_change_and_not_before(
     stop_job = threading.Event()
     opts = Options(rc=RetrainConfig(margin=0.01, train=TRAIN), progress=False, quiet=True,
                    since_ms=int(series[0].ts[HALF - LOOKBACK]))  # fmt: skip
-    retrain_job = RetrainLoop(settings, opts, on_drift=True, cooldown_s=2.0, stop_flag=stop_job,
-                              registry=reg, from_beginning=True)  # fmt: skip
+    # The attempt starts 15 s (~190 steps) after the detection, so the ticks it trains on
+    # hold some of regime two: started at the detection, its training data was all regime
+    # one (the newest 20% is the evaluation slice) and promotion a coin flip.
+    retrain_job = RetrainLoop(settings, opts, on_drift=True, cooldown_s=2.0, settle_s=15.0,
+                              stop_flag=stop_job, registry=reg, from_beginning=True)  # fmt: skip
     job = threading.Thread(target=run_loop, args=(retrain_job,), daemon=True)
 
     def regime_two() -> Iterator[Tick]:
