@@ -89,9 +89,8 @@ def register(sub: Subparsers) -> None:
     g.add_argument(
         "--drift-settle",
         metavar="DURATION",
-        default="0s",
         help="with --on-drift: start the run DURATION after the detection, so it trains on "
-        "some ticks of the new regime (default 0s: at once)",
+        "some ticks of the new regime (default: at once)",
     )
     g.add_argument("--max-runs", type=int, help="with --every: stop after this many runs")
     g.add_argument(
@@ -148,7 +147,7 @@ def _retrain(args: argparse.Namespace) -> int:
             RetrainLoop(
                 settings, opts, every_s=retrain.parse_duration(args.every) if args.every else None,
                 on_drift=args.on_drift, cooldown_s=retrain.parse_duration(args.drift_cooldown),
-                settle_s=retrain.parse_duration(args.drift_settle),
+                settle_s=retrain.parse_duration(args.drift_settle) if args.drift_settle else 0.0,
                 metrics_host=args.metrics_host, metrics_port=args.metrics_port,
                 max_runs=args.max_runs,
             )
