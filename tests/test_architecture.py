@@ -152,3 +152,14 @@ def test_modules_stay_readable() -> None:
         if (n := len(f.read_text().splitlines())) > 440
     }
     assert not long, long
+
+
+def test_model_tests_need_no_streamer() -> None:
+    """tests/model mirrors model/, which imports nothing from streamer/: so do its tests (a
+    test that crosses both lives at the top of tests/)."""
+    wrong = [
+        str(f.relative_to(ROOT))
+        for f in ROOT.glob("tests/model/**/*.py")
+        if any(m == "streamer" or m.startswith("streamer.") for m in imports_of(f))
+    ]
+    assert not wrong, wrong

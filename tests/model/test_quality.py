@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from itertools import permutations
+from typing import Any
 
 import numpy as np
 import pytest
@@ -113,7 +114,7 @@ def test_streaming_in_batches_equals_one_pass_and_splits_by_version() -> None:
     fc = {s: price[s] * np.exp(rng.normal(0, 0.01, n)) for s in syms}
     rows = [(s, i) for i in range(n) for s in syms]
 
-    def cols(part: list[tuple[str, int]]) -> tuple:
+    def cols(part: list[tuple[str, int]]) -> tuple[Any, ...]:
         p = np.array([price[s][i] for s, i in part])
         f = np.array([fc[s][i] for s, i in part])
         v = ["v1" if i < 150 else "v2" for _, i in part]
@@ -147,3 +148,77 @@ def test_bounded_symbols() -> None:
     assert len(sc) == 5
     with pytest.raises(ValueError, match="window"):
         Scorer(window=1)
+
+
+def reference_scores(batches: list[tuple[Any, ...]], window: int) -> list[tuple[Any, ...]]:
+    """The scoring rules one forecast at a time in plain Python (the scalar loop `Scorer`
+    replaced): per resolved forecast (version, e_model, e_persistence, covered, width_rw)."""
+    state: dict[str, list[Any]] = {}  # count, last, var, point, lower, upper, version
+    out = []
+    for symbols, price, point, lower, upper, version, warming in batches:
+        for i, sym in enumerate(symbols):
+            y = float(price[i])
+            st = state.setdefault(sym, [0, math.nan, math.nan, 0.0, 0.0, 0.0, None])
+            if not (y > 0 and math.isfinite(y)):
+                continue
+            count, last, var = st[0], st[1], st[2]
+            if st[6] is not None:
+                half = Z90 * math.sqrt(var)
+                lo, hi = math.log(st[4]), math.log(st[5])
+                out.append((st[6], math.log(y) - math.log(st[3]), math.log(y) - math.log(last),
+                            lo <= math.log(y) <= hi, 2 * half))  # fmt: skip
+            if count >= 1:
+                r = math.log(y / last)
+                var = r * r if count == 1 else var + ewma_gain(count) * (r * r - var)
+            count += 1
+            f, lo, hi = float(point[i]), float(lower[i]), float(upper[i])
+            ok = count >= window and not warming[i] and f > 0 and lo > 0 and hi > 0 and var >= 0
+            st[:] = [count, y, var, f, lo, hi, version[i] if ok else None]
+    return out
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_vectorised_scorer_equals_the_scalar_rules(seed: int) -> None:
+    """Random batches: symbols repeating within a batch (up to 5 ticks), bad prices, NaN
+    and non-positive forecasts, warming flags, two versions; scores equal the scalar rules'."""
+    rng = np.random.default_rng(seed)
+    syms = [f"S{k}" for k in range(12)]
+    level = {s: 10.0 ** rng.uniform(-8, 9) for s in syms}
+    batches = []
+    for _ in range(40):
+        n = int(rng.integers(0, 30))
+        symbols = list(rng.choice(syms[: int(rng.integers(1, 13))], n))
+        price = np.array([level[s] * np.exp(rng.normal(0, 0.01)) for s in symbols])
+        price[rng.random(n) < 0.05] = rng.choice([0.0, -1.0, np.nan, np.inf])
+        point = price * np.exp(rng.normal(0, 0.005, n))
+        point[rng.random(n) < 0.05] = np.nan
+        lower, upper = point * 0.98, point * 1.02
+        lower[rng.random(n) < 0.03] = -1.0
+        version = [str(v) for v in rng.choice(["v1", "v2"], n)]
+        batches.append((symbols, price, point, lower, upper, version, rng.random(n) < 0.1))
+    ref = reference_scores(batches, window=4)
+    sc, got = Scorer(window=4), []
+    for b in batches:
+        res = sc.update(*b[:5], b[5], b[6])
+        got += list(zip(res.version, res.e_model, res.e_persistence, res.covered, res.width_rw,
+                        strict=True))  # fmt: skip
+    assert len(got) == len(ref) > 100
+    for g, r in zip(got, ref, strict=True):
+        assert g[0] == r[0] and g[3] == r[3]
+        assert g[1:3] + g[4:] == pytest.approx(r[1:3] + r[4:], rel=1e-12, abs=1e-15)
+
+
+def test_the_least_recently_updated_symbols_go_first() -> None:
+    sc = Scorer(window=2, max_symbols=3)
+    one = np.ones(1)
+    for s in ["A", "B", "C", "A", "D"]:  # D pushes out B, the least recent
+        sc.update([s], one, one, one * 0.9, one * 1.1, "v")
+    four = np.ones(4)
+    res = sc.update(["A", "B", "C", "D"], four, four, four * 0.9, four * 1.1, "v")
+    # A, C and D had ticked (A twice: its forecast is scored); B started over. Four were
+    # held during the batch; after it the least recent, A, went.
+    assert len(sc) == 3 and res.version == ["v"]
+    # So A starts over: its pending forecast went with it (held, this tick would score it).
+    assert len(sc.update(["A"], one, one, one * 0.9, one * 1.1, "v")) == 0
+    sc.forget(["C", "Z"])
+    assert len(sc) == 2

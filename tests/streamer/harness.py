@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -180,6 +181,17 @@ def wait_serving(log: Path, timeout: float = 180.0) -> None:
             return
         time.sleep(0.1)
     raise AssertionError(f"serve did not start consuming in {timeout} s")
+
+
+def stop(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
+    """SIGTERM a serve process and wait for it; its exit code."""
+    p.send_signal(signal.SIGTERM)
+    return p.wait(timeout)
+
+
+def log_tail(log: Path) -> str:
+    """The last 3,000 characters of a process log, for an assertion message."""
+    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
 def serve_process(settings: Settings, log: Path, **extra: str) -> subprocess.Popen[bytes]:

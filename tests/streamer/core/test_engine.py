@@ -7,7 +7,6 @@ import itertools
 from collections.abc import Iterator
 
 import numpy as np
-import pytest
 
 from model import checkpoint, data
 from model.checkpoint import LoadedModel
@@ -20,11 +19,6 @@ from streamer.core.engine import Engine
 from streamer.core.forecasts import Forecasts
 from streamer.core.ticks import Decoded, decode, encode
 from streamer.jobs.replay import interleave
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
 
 
 def head(series: list[Series], n: int) -> list[Series]:

@@ -11,17 +11,11 @@ import itertools
 import numpy as np
 import pytest
 
-from model import checkpoint
 from model.checkpoint import LoadedModel
 from streamer.core.engine import Engine
 from streamer.core.statecache import StateCache
 from streamer.core.ticks import decode, encode
 from streamer.jobs.replay import synthetic
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
 
 
 def test_a_reused_slot_never_skips_its_new_symbols_ticks(stocks: LoadedModel) -> None:

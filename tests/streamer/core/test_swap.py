@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from model import checkpoint, data
+from model import data
 from model.checkpoint import LoadedModel
 from model.config import ModelConfig
 from model.lstm import LSTMForecaster, load_params_into
@@ -23,11 +23,6 @@ from streamer.jobs.replay import interleave
 from tests.streamer.core.test_engine import head, per_symbol, run
 
 Tick = tuple[str, int, float, float | None]
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
 
 
 def perturbed(pred: LoadedModel, version: str, seed: int = 1) -> LoadedModel:

@@ -121,13 +121,6 @@ def test_missing_volumes_give_live_forecasts_equal_to_offline(stocks: LoadedMode
     np.testing.assert_allclose(live, ref, rtol=1e-5)
 
 
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    from model import checkpoint
-
-    return checkpoint.load("model/bundled/stocks")
-
-
 def test_prices_from_1e_8_to_1e10_in_one_stream_keep_every_digit(stocks: LoadedModel) -> None:
     # The same returns at three price levels in one batch: the forecasts, once divided by
     # the level, agree far beyond 6 significant digits, and the wire keeps them exactly.

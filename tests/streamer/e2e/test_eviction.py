@@ -15,7 +15,6 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model import checkpoint
 from model.checkpoint import LoadedModel
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker
@@ -34,11 +33,6 @@ from tests.streamer.harness import (
     tick_records,
     wait_serving,
 )
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
 
 
 def waves(n_symbols: int, plan: list[tuple[range, int]], seed: int = 5) -> list[list[Tick]]:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import signal
-import subprocess
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -16,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from model import checkpoint
 from model.checkpoint import LoadedModel
 from streamer.jobs import replay
 from streamer.kafka.local import LocalBroker
@@ -25,9 +23,11 @@ from tests.streamer.harness import (
     check_exactly_once,
     forecasts_of,
     fresh_settings,
+    log_tail,
     read_topic,
     reference,
     serve_process,
+    stop,
     wait_serving,
 )
 
@@ -35,20 +35,6 @@ SESSION_TIMEOUT_MS = 6000  # the broker's smallest (group.min.session.timeout.ms
 HEARTBEAT_INTERVAL_MS = 1000
 RATE = 1500  # ticks/s
 N_SYMBOLS = 40
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
-
-
-def stop(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    p.send_signal(signal.SIGTERM)
-    return p.wait(timeout)
-
-
-def log_tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
 def silences_s(records: list[Any]) -> dict[int, float]:

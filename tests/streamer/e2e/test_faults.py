@@ -9,7 +9,6 @@ import contextlib
 import itertools
 import random
 import re
-import signal
 import subprocess
 import tempfile
 import time
@@ -17,9 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pytest
-
-from model import checkpoint
 from model.checkpoint import LoadedModel
 from streamer.jobs import replay
 from streamer.kafka.cluster import LocalCluster
@@ -30,22 +26,14 @@ from tests.streamer.harness import (
     check_exactly_once,
     forecasts_of,
     fresh_settings,
+    log_tail,
     read_topic,
     reference,
     serve_process,
+    stop,
     wait_for_records,
     wait_serving,
 )
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
-
-
-def stop(p: subprocess.Popen[bytes], timeout: float = 30) -> int:
-    p.send_signal(signal.SIGTERM)
-    return p.wait(timeout)
 
 
 def wait_serving_after(log: Path, mark: int, parts: int, timeout: float = 180.0) -> None:
@@ -64,10 +52,6 @@ def state_records(server: StreamProcessor) -> float:
     value = server.metrics.registry.get_sample_value("tickcast_state_records_total")
     assert value is not None
     return value
-
-
-def log_tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:] if log.exists() else ""
 
 
 async def stream(s: Settings, n_symbols: int, n_ticks: int, rate: float) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from model import checkpoint, data
+from model import data
 from model.checkpoint import LoadedModel
 from model.tickfile import ReadOptions, read_ticks
 from streamer.core.ticks import decode, make_format
@@ -30,11 +30,6 @@ from tests.streamer.formats_cases import (
 )
 from tests.streamer.harness import forecasts_of, fresh_settings, produce_raw, read_topic
 from tests.streamer.serve.test_processor import serve_until
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
 
 
 def test_parity_file_path_against_kafka_path_over_every_kind(

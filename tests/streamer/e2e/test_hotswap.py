@@ -15,10 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 from flax import nnx
 
-from model import checkpoint
 from model.checkpoint import LoadedModel
 from model.config import ModelConfig
 from model.lstm import LSTMForecaster
@@ -42,12 +40,6 @@ from tests.streamer.harness import (
     serve_process,
     wait_serving,
 )
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
-
 
 REFUSED = "tickcast_model_refused_total"
 

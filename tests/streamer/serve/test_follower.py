@@ -7,9 +7,6 @@ import asyncio
 import dataclasses
 from pathlib import Path
 
-import pytest
-
-from model import checkpoint
 from model.checkpoint import LoadedModel
 from model.config import ModelConfig
 from model.paths import resolve_model
@@ -37,11 +34,6 @@ class FakeServer:
     async def swap(self, loaded: LoadedModel) -> None:
         self.swapped.append(loaded.version)
         self._version = loaded.version
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load(resolve_model("stocks"))
 
 
 def refused(m: Metrics, reason: str) -> float:

@@ -14,7 +14,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from model import checkpoint, data
+from model import data
 from model.checkpoint import LoadedModel
 from model.evaluate import scale_free
 from model.quality import Quality
@@ -38,11 +38,6 @@ from tests.streamer.harness import (
     reference,
     tick_records,
 )
-
-
-@pytest.fixture(scope="module")
-def stocks() -> LoadedModel:
-    return checkpoint.load("model/bundled/stocks")
 
 
 async def serve_until(server: StreamProcessor, done: Any, timeout: float = 120.0) -> None:

@@ -1,7 +1,10 @@
 """Degenerate series (issue 12): a stablecoin at 1.0000 and one that moves by a single
 increment now and then train, evaluate, serve and retrain without error; the scaling and
 the interval have floors of one price increment; the nearly constant series' 90% interval
-covers 87-100% of next prices."""
+covers 87-100% of next prices.
+
+At the top of tests/ because it crosses packages: `model/` trains, evaluates and retrains,
+`streamer/` serves (tests/model imports nothing from streamer)."""
 
 from __future__ import annotations
 
