@@ -35,7 +35,6 @@ same `Scorer` over one offline series, so live and offline figures come from one
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from typing import Any
@@ -57,6 +56,7 @@ __all__ = [
 ALPHA = 0.1  # the interval's miss rate: central 90%
 LAMBDA = 0.94  # RiskMetrics (1996) decay for daily data
 Z90 = 1.6448536269514722  # Phi^-1(0.95): half-width of a central 90% Gaussian interval in sd
+COUNT, LAST, VAR, POINT, LOWER, UPPER, PENDING = range(7)  # columns of `Scorer.state`
 
 
 def winkler(
@@ -182,9 +182,13 @@ class Scorer:
 
     Feed it every forecast in each symbol's tick order (`update`); each tick resolves the
     forecast its symbol's previous tick made. Per symbol it holds the tick count, the last
-    price, the EWMA variance and the pending forecast: about 200 bytes; at most
-    `max_symbols` symbols are held (least recently updated dropped first; a dropped symbol
-    warms up again).
+    price, the EWMA variance and the pending forecast, one row of a numpy array (about 175
+    bytes a symbol with its dict entry, measured with tracemalloc); at most `max_symbols`
+    symbols are held once an `update` returns (the least recently updated dropped first; a
+    dropped symbol warms up again).
+
+    One `update` is vectorised: a batch holding k ticks of one symbol is folded in k
+    rounds, each a handful of numpy operations over the symbols ticking in it.
 
     Args:
       window: ticks a symbol needs before its forecasts are scored (the model's window).
@@ -198,17 +202,57 @@ class Scorer:
         self.window = window
         self.lam = lam
         self.max_symbols = max_symbols
-        # symbol -> [count, last price, variance, point, lower, upper, version of the pending
-        # forecast (None: nothing to score)]
-        self._state: OrderedDict[str, list[Any]] = OrderedDict()
+        self._row: dict[str, int] = {}  # symbol -> its row of `state`
+        self._free: list[int] = []  # rows of dropped symbols
+        self._versions: list[str] = []  # the versions that made pending forecasts, by code
+        self._codes: dict[str, int] = {}  # version -> its code
+        self._clock = 0  # ticks seen: a row's `used` is its last tick's number
+        # Per row: tick count, last price, EWMA variance of log returns, the pending
+        # forecast's point, lower, upper and version code (-1: nothing to score).
+        self.state = np.zeros((0, 7))
+        self.used = np.zeros(0, np.int64)
+        self._grow(1024)
+
+    def _grow(self, cap: int) -> None:
+        n = len(self.state)
+        state = np.full((cap, 7), math.nan)
+        state[:, COUNT], state[:, PENDING] = 0.0, -1.0
+        state[:n] = self.state
+        used = np.zeros(cap, np.int64)
+        used[:n] = self.used
+        self.state, self.used = state, used
+        self._free.extend(range(cap - 1, n - 1, -1))
 
     def __len__(self) -> int:
-        return len(self._state)
+        return len(self._row)
 
     def forget(self, symbols: Sequence[str]) -> None:
         """Drop these symbols' state (they start over: count, variance, pending forecast)."""
-        for s in symbols:
-            self._state.pop(s, None)
+        rows = [r for s in symbols if (r := self._row.pop(s, None)) is not None]
+        self._release(np.asarray(rows, np.int64))
+
+    def _release(self, rows: np.ndarray) -> None:
+        self.state[rows] = [0.0, *[math.nan] * 5, -1.0]
+        self._free.extend(rows.tolist())
+
+    def _rows(self, symbols: Sequence[str]) -> np.ndarray:
+        """Each symbol's row, new symbols given free ones."""
+        row, out = self._row, np.empty(len(symbols), np.int64)
+        for i, s in enumerate(symbols):
+            r = row.get(s)
+            if r is None:
+                if not self._free:
+                    self._grow(2 * len(self.state))
+                r = row[s] = self._free.pop()
+            out[i] = r
+        return out
+
+    def _code(self, version: str) -> int:
+        code = self._codes.get(version)
+        if code is None:
+            code = self._codes[version] = len(self._versions)
+            self._versions.append(version)
+        return code
 
     def update(
         self,
@@ -221,52 +265,85 @@ class Scorer:
         warming: np.ndarray | None = None,
     ) -> Resolved:
         """Fold one batch of forecasts, each made at a tick of `price`, `[n]` arrays in each
-        symbol's tick order; returns the forecasts these ticks resolve.
+        symbol's tick order; returns the forecasts these ticks resolve, in input order.
 
         A forecast that is NaN, `warming`, or made before its symbol's `window`-th tick is
-        not scored (its tick still advances the symbol's count and variance).
+        not scored (its tick still advances the symbol's count and variance). A tick whose
+        price is not positive and finite changes nothing (the engine rejects those).
         """
         n = len(symbols)
-        versions = [version] * n if isinstance(version, str) else list(version)
-        # Plain Python floats: the loop below is per forecast, and numpy scalars are slow.
-        warm = [False] * n if warming is None else np.asarray(warming, bool).tolist()
-        p_arr = np.asarray(price, np.float64).tolist()
-        f_arr = np.asarray(point, np.float64).tolist()
-        lo_arr = np.asarray(lower, np.float64).tolist()
-        hi_arr = np.asarray(upper, np.float64).tolist()
-        rows: list[tuple[str, float, float, float, float, float, float]] = []
-        state, lam, w = self._state, self.lam, self.window
-        for i in range(n):
-            sym, y = symbols[i], p_arr[i]
-            st = state.get(sym)
-            if st is None:
-                st = state[sym] = [0, math.nan, math.nan, math.nan, math.nan, math.nan, None]
-                if len(state) > self.max_symbols:
-                    state.popitem(last=False)
-            else:
-                state.move_to_end(sym)
-            if not (y > 0 and math.isfinite(y)):
-                continue  # the engine rejects these; never poison a symbol's state
-            count, last, var = st[0], st[1], st[2]
-            if st[6] is not None:  # resolve the pending forecast of the previous tick
-                rows.append((st[6], y, last, st[3], st[4], st[5], var))
-            if count >= 1:
-                r = math.log(y / last)
-                var = r * r if count == 1 else var + ewma_gain(count, lam) * (r * r - var)
-            count += 1
-            fc, lo, hi = f_arr[i], lo_arr[i], hi_arr[i]
-            ok = count >= w and not warm[i] and fc > 0 and lo > 0 and hi > 0 and var >= 0
-            st[0], st[1], st[2] = count, y, var
-            st[3], st[4], st[5], st[6] = fc, lo, hi, (versions[i] if ok else None)
-        return _resolve(rows)
+        if n == 0:
+            return _resolve([], np.zeros((0, 6)))
+        rows = self._rows(symbols)
+        if isinstance(version, str):
+            code = np.full(n, self._code(version), np.float64)
+        else:
+            code = np.asarray([self._code(v) for v in version], np.float64)
+        y = np.asarray(price, np.float64)
+        cols = np.column_stack([y, point, lower, upper, code]).astype(np.float64, copy=False)
+        warm = np.zeros(n, bool) if warming is None else np.asarray(warming, bool)
+        self.used[rows] = self._clock + np.arange(n)  # the last occurrence wins
+        self._clock += n
+        if len(set(symbols)) == n:  # the usual batch: one tick per symbol, one round
+            rounds = [np.arange(n)]
+        else:  # the k-th tick of each symbol goes in round k
+            order = np.argsort(rows, kind="stable")
+            head = np.ones(n, bool)
+            head[1:] = rows[order][1:] != rows[order][:-1]
+            rank = np.empty(n, np.int64)
+            rank[order] = np.arange(n) - np.maximum.accumulate(np.where(head, np.arange(n), 0))
+            rounds = [np.flatnonzero(rank == k) for k in range(int(rank.max()) + 1)]
+        done = []
+        with np.errstate(invalid="ignore", divide="ignore"):
+            for i in rounds:
+                i = i[(y[i] > 0) & np.isfinite(y[i])]
+                done.append(self._round(i, rows[i], cols[i], warm[i]))
+        if len(self._row) > self.max_symbols:
+            self._evict(len(self._row) - self.max_symbols)
+        return self._resolved(done)
+
+    def _round(self, i: np.ndarray, r: np.ndarray, c: np.ndarray, warm: np.ndarray) -> Any:
+        """Fold one tick of each of the distinct rows `r` (`c [m, 5]`: price, point, lower,
+        upper, version code); returns the forecasts they resolve as (input index, state rows
+        `[k, 7]` as they were, prices `[k]`)."""
+        st = self.state[r]
+        count, var, y = st[:, COUNT], st[:, VAR], c[:, 0]
+        due = st[:, PENDING] >= 0
+        ret2 = np.log(y / st[:, LAST]) ** 2
+        gain = np.maximum(1.0 / np.maximum(count, 1.0), 1.0 - self.lam)
+        var = np.where(count == 1, ret2, np.where(count >= 2, var + gain * (ret2 - var), var))
+        count = count + 1
+        f, lo, hi = c[:, 1], c[:, 2], c[:, 3]
+        ok = (count >= self.window) & ~warm & (f > 0) & (lo > 0) & (hi > 0) & (var >= 0)
+        self.state[r] = np.column_stack([count, y, var, f, lo, hi, np.where(ok, c[:, 4], -1.0)])
+        return i[due], st[due], y[due]
+
+    def _evict(self, k: int) -> None:
+        """Drop the `k` least recently updated symbols."""
+        syms = list(self._row)
+        rows = np.fromiter(self._row.values(), np.int64, len(syms))
+        gone = np.argpartition(self.used[rows], k - 1)[:k]
+        for j in gone.tolist():
+            del self._row[syms[j]]
+        self._release(rows[gone])
+
+    def _resolved(self, done: list[Any]) -> Resolved:
+        if len(done) == 1:
+            i, st, y = done[0]
+        else:
+            i, st, y = (np.concatenate(x) for x in zip(*done, strict=True))
+            order = np.argsort(i, kind="stable")  # input order
+            st, y = st[order], y[order]
+        version = [self._versions[int(c)] for c in st[:, PENDING].tolist()]
+        cols = (y, st[:, LAST], st[:, POINT], st[:, LOWER], st[:, UPPER], st[:, VAR])
+        return _resolve(version, np.stack(cols, axis=1))
 
 
-def _resolve(rows: list[tuple[str, float, float, float, float, float, float]]) -> Resolved:
-    if not rows:
+def _resolve(version: list[str], a: np.ndarray) -> Resolved:
+    """`a [n, 6]`: y, last price, point, lower, upper (prices) and the EWMA variance."""
+    if not version:
         z = np.zeros(0)
         return Resolved([], z, z, z.astype(bool), z, z, z.astype(bool), z, z)
-    version = [r[0] for r in rows]
-    a = np.asarray([r[1:] for r in rows], np.float64)
     y, last, f, lo, hi, var = (np.log(a[:, j]) if j < 5 else a[:, j] for j in range(6))
     half = Z90 * np.sqrt(var)
     lo_rw, hi_rw = last - half, last + half

@@ -36,7 +36,7 @@ from model.quality import Quality, Resolved, Scorer
 __all__ = ["KEEP_VERSIONS", "LiveQuality"]
 
 KEEP_VERSIONS = 3
-MAX_SYMBOLS = 100_000  # symbols the scorer holds (~250 bytes each); the least recent go first
+MAX_SYMBOLS = 100_000  # symbols the scorer holds (~175 bytes each); the least recent go first
 
 
 class LiveQuality:
