@@ -112,7 +112,7 @@ def main() -> None:
     ap.add_argument("--serve-env", action="append", default=[], metavar="NAME=VALUE",
                     help="environment for serve, e.g. TICKCAST_EXACTLY_ONCE=false")  # fmt: skip
     ap.add_argument("--frame-rate", type=float, default=100.0,
-                    help="serve's feed_frame_rate (default 100: at most 10 ms added)")  # fmt: skip
+                    help="serve's feed_frames_per_s (default 100: <= 10 ms added)")  # fmt: skip
     ap.add_argument("--json", help="write every cell's report here")
     args = ap.parse_args()
     rows = []
@@ -125,7 +125,7 @@ def main() -> None:
                 rows.append(cell(broker, spec, args, work))
         finally:
             broker.stop()
-    print(f"\ncapacity, {platform.machine()} x{os.cpu_count()} cores, feed_frame_rate "
+    print(f"\ncapacity, {platform.machine()} x{os.cpu_count()} cores, feed_frames_per_s "
           f"{args.frame_rate:g}, serve env {args.serve_env or 'defaults'}\n")  # fmt: skip
     print("symbols | subscribers x symbols | sustained ticks/s (p99 < 50 ms) | at that rate: "
           "deliveries/s | p50 ms | p99 ms")  # fmt: skip

@@ -41,21 +41,13 @@ sys.path.insert(0, str(ROOT))
 from streamer.feed.hub import Hub  # noqa: E402
 from streamer.feed.server import FeedServer  # noqa: E402
 from streamer.kafka.local import free_port  # noqa: E402
+from streamer.loop import new_event_loop  # noqa: E402
 from streamer.settings import Settings  # noqa: E402
 
 
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
-
-
-def new_loop() -> asyncio.AbstractEventLoop:
-    try:
-        import uvloop
-
-        return uvloop.new_event_loop()
-    except ImportError:
-        return asyncio.new_event_loop()
 
 
 # ----------------------------------------------------------------------------------- clients
@@ -119,7 +111,7 @@ def clients_main(url: str, n: int, subs: list[list[str]], seconds: float, warm: 
         await asyncio.gather(*tasks, return_exceptions=True)
         return out
 
-    loop = new_loop()
+    loop = new_event_loop()
     try:
         result = loop.run_until_complete(main())
     finally:
@@ -224,8 +216,8 @@ def main() -> None:
     ap.add_argument("--universe", type=int, default=500, help="symbols published")
     ap.add_argument("--per-client", type=int, default=10, help="symbols each client follows")
     ap.add_argument("--batch-ms", type=float, default=10.0, help="interval of published batches")
-    ap.add_argument("--frame-rate", type=float, default=Settings().feed_frame_rate,
-                    help="feed_frame_rate of the server (default: its default)")  # fmt: skip
+    ap.add_argument("--frame-rate", type=float, default=Settings().feed_frames_per_s,
+                    help="feed_frames_per_s of the server (default: its default)")  # fmt: skip
     ap.add_argument("--json", help="write the results here")
     args = ap.parse_args()
     try:
@@ -236,7 +228,7 @@ def main() -> None:
         loop_name = "asyncio"
     rows = []
     for n in (int(x) for x in args.clients.split(",")):
-        runner = asyncio.Runner(loop_factory=new_loop)
+        runner = asyncio.Runner(loop_factory=new_event_loop)
         with runner:
             rows.append(runner.run(run_cell(args, n)))
         print(f"  {n} clients done {rows[-1]['errors']}", file=sys.stderr)
@@ -246,7 +238,7 @@ def main() -> None:
           f"Python {platform.python_version()}, {loop_name})\n")  # fmt: skip
     print(f"{args.rate:,.0f} forecasts/s published over {args.universe} symbols in "
           f"{args.batch_ms:g} ms batches; each client follows {args.per_client} random "
-          f"symbols; feed_frame_rate {args.frame_rate:g}/s; {args.seconds:g} s measured after "
+          f"symbols; feed_frames_per_s {args.frame_rate:g}/s; {args.seconds:g} s measured after "
           f"{args.warm:g} s.\n")  # fmt: skip
     print("| clients | published/s | deliveries/s | frames/s | p50 ms | p99 ms | max ms "
           "| conflated | closed | server CPU | clients CPU |")  # fmt: skip
