@@ -19,17 +19,19 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from model.config import ModelConfig, TrainConfig
 from model.data import Series, synthetic
 from model.registry import Registry
 from model.retrain import RetrainConfig
-from model.train import fit
+from model.train import FitResult, fit
 from streamer.jobs import replay
 from streamer.jobs.retrain import Options, run_once
 from streamer.jobs.retrain_loop import RetrainLoop, run_loop
 from streamer.kafka.local import LocalBroker
 from streamer.serve.processor import StreamProcessor
+from streamer.settings import Settings
 from tests.streamer.e2e.test_hotswap import live, until
 from tests.streamer.harness import Tick, forecasts_of, fresh_settings, read_topic, reference
 
@@ -59,18 +61,32 @@ def rmse_by(fc: list[dict], price: dict[tuple[str, int], float], pick: object) -
     return float(np.sqrt(np.mean(np.square(err))))
 
 
-def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
-    kafka: LocalBroker, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def regime_one() -> tuple[list[Series], FitResult]:
+    """The drift series, and a champion fitted on their regime one (both tests use it)."""
     series = synthetic(4, N, seed=11, kind="drift")
     head = [dataclasses.replace(s, ts=s.ts[:HALF], price=s.price[:HALF],
                                 volume=None if s.volume is None else s.volume[:HALF])
             for s in series]  # fmt: skip
-    r = fit(head, CONFIG, dataclasses.replace(TRAIN, learning_rate=1e-2))
+    return series, fit(head, CONFIG, dataclasses.replace(TRAIN, learning_rate=1e-2))
+
+
+def seeded(
+    kafka: LocalBroker, tmp_path: Path, regime_one: tuple[list[Series], FitResult]
+) -> tuple[list[Series], Settings, Registry, str]:
+    """Fresh topics and a registry whose champion is the regime-one model."""
+    series, r = regime_one
     settings = fresh_settings(kafka.bootstrap, registry=str(tmp_path / "reg"), precompile=False)
     reg = Registry(settings.registry)
     v0 = reg.add(r.model, r.stats, {"data": {"source": "drift regime one"}})
     reg.promote(v0, "seed")
+    return series, settings, reg, v0
+
+
+def test_retrain_promotes_and_the_server_swaps_mid_stream_under_drift(
+    kafka: LocalBroker, tmp_path: Path, regime_one: tuple[list[Series], FitResult]
+) -> None:
+    series, settings, reg, v0 = seeded(kafka, tmp_path, regime_one)
     champion = reg.load(v0)
     server = StreamProcessor(settings, champion)
     sent: list[Tick] = []
@@ -139,17 +155,9 @@ LOOKBACK = 200  # an --on-drift attempt reads the ticks from 200 steps before th
 
 
 def test_drift_triggered_retrain_promotes_after_the_change_and_not_before(
-    kafka: LocalBroker, tmp_path: Path
+    kafka: LocalBroker, tmp_path: Path, regime_one: tuple[list[Series], FitResult]
 ) -> None:
-    series = synthetic(4, N, seed=11, kind="drift")
-    head = [dataclasses.replace(s, ts=s.ts[:HALF], price=s.price[:HALF],
-                                volume=None if s.volume is None else s.volume[:HALF])
-            for s in series]  # fmt: skip
-    r = fit(head, CONFIG, dataclasses.replace(TRAIN, learning_rate=1e-2))
-    settings = fresh_settings(kafka.bootstrap, registry=str(tmp_path / "reg"), precompile=False)
-    reg = Registry(settings.registry)
-    v0 = reg.add(r.model, r.stats, {"data": {"source": "drift regime one"}})
-    reg.promote(v0, "seed")
+    series, settings, reg, v0 = seeded(kafka, tmp_path, regime_one)
     server = StreamProcessor(settings, reg.load(v0))
     sent_steps: list[int] = []
     swapped_at: list[float] = []
