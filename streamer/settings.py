@@ -64,6 +64,7 @@ class Settings:
     feed_buffer_bytes: int = 262144
     feed_frames_per_s: float = 20.0
     feed_snapshot_points: int = 120
+    feed_hub_symbols: int = 16384
     feed_heartbeat_s: float = 1.0
     feed_wildcard: bool = True
     uvloop: bool = True
@@ -149,6 +150,8 @@ HELP: dict[str, str] = {
     "feed_frames_per_s": "most frames a second to one feed client; forecasts published faster "
     "are merged into the next frame (0: no limit)",
     "feed_snapshot_points": "recent points (price, forecast, interval) in each snapshot",
+    "feed_hub_symbols": "symbols whose latest forecast and recent points the feed keeps for "
+    "snapshots (~5 KB each); beyond it the least recently published are dropped",
     "feed_heartbeat_s": "seconds between heartbeats on every feed connection",
     "feed_wildcard": 'allow subscribing to every symbol with "*"',
     "uvloop": "run the event loop on uvloop when it is installed",

@@ -9,6 +9,7 @@ subscriber starts from a snapshot.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -87,10 +88,17 @@ class SnapshotPoints:
 
 class Hub:
     """Latest forecast per symbol, its recent points (for snapshots), and listeners called with each
-    batch's forecasts (symbols and their JSON payloads, in order)."""
+    batch's forecasts (symbols and their JSON payloads, in order).
 
-    def __init__(self, snapshot_points: int = 120) -> None:
-        self.latest: dict[str, bytes] = {}
+    It holds at most `max_symbols` symbols: past that, the least recently published are
+    dropped (`latest` is kept in publish order). A symbol the engine evicts from the device
+    keeps its place here: its state lives on (`core.persistence`), and so does its chart,
+    e.g. over a market's night. Memory: ~5 KB a symbol at 120 snapshot points, plus its
+    latest payload (~300 bytes)."""
+
+    def __init__(self, snapshot_points: int = 120, max_symbols: int = 16384) -> None:
+        self.latest: dict[str, bytes] = {}  # least recently published first
+        self.max_symbols = max_symbols
         self.points = SnapshotPoints(snapshot_points)
         self._listeners: list[Listener] = []
         self.events: list[dict[str, Any]] = []  # announcements (evictions), newest last
@@ -109,9 +117,17 @@ class Hub:
         self, symbols: list[str], values: list[bytes], points: np.ndarray | None = None
     ) -> None:
         """One batch's forecasts, in order; `points [n, 5]` (`points_of`) feed `points`."""
-        self.latest.update(zip(symbols, values, strict=True))
+        latest = self.latest
+        for sym, value in zip(symbols, values, strict=True):
+            latest.pop(sym, None)  # to the end: the most recent
+            latest[sym] = value
         if points is not None:
             self.points.add(symbols, points)
+        if len(latest) > self.max_symbols:
+            gone = list(itertools.islice(latest, len(latest) - self.max_symbols))
+            for sym in gone:
+                del latest[sym]
+            self.points.drop(gone)
         for listener in list(self._listeners):
             try:
                 listener(symbols, values)
@@ -123,7 +139,3 @@ class Hub:
         """Record an event (e.g. `{"type": "evicted", "symbols": [...]}`); keeps the last 100."""
         self.events.append(event)
         del self.events[:-100]
-        if event.get("type") == "evicted":
-            for sym in event.get("symbols", []):
-                self.latest.pop(sym, None)
-            self.points.drop(event.get("symbols", []))

@@ -67,7 +67,7 @@ class StreamProcessor(PartitionOwnership):
             cache=StateCache(settings.state_cache_symbols),
             state_max_age_s=settings.state_max_age_s,
         )  # fmt: skip
-        self.hub = hub or Hub(settings.feed_snapshot_points)
+        self.hub = hub or Hub(settings.feed_snapshot_points, settings.feed_hub_symbols)
         self.metrics = metrics or Metrics()
         self.metrics.set_model({"version": loaded.version, **loaded.config.to_dict()})
         self.counters = Counters()

@@ -55,5 +55,17 @@ def test_hub_fans_out_keeps_latest_and_survives_a_broken_listener() -> None:
     hub.publish(["B"], [b"4"])
     assert got == [(["A", "B", "A"], [b"1", b"2", b"3"]), (["B"], [b"4"])]
     assert hub.latest == {"A": b"3", "B": b"4"}
+    # Evicted from the device, A keeps its snapshot: its state lives on, so does its chart.
     hub.announce({"type": "evicted", "symbols": ["A"]})
-    assert hub.latest == {"B": b"4"} and hub.events[-1]["symbols"] == ["A"]
+    assert hub.latest == {"A": b"3", "B": b"4"} and hub.events[-1]["symbols"] == ["A"]
+
+
+def test_the_hub_holds_at_most_max_symbols_dropping_the_least_recently_published() -> None:
+    hub = Hub(snapshot_points=4, max_symbols=3)
+    pts = np.arange(5.0)[None, :]
+    for sym in ["A", "B", "C", "A"]:
+        hub.publish([sym], [sym.encode()], pts)
+    hub.publish(["D", "E"], [b"D", b"E"], np.repeat(pts, 2, axis=0))  # B, then C, go
+    assert list(hub.latest) == ["A", "D", "E"]
+    assert len(hub.points) == 3 and len(hub.points.get("B")) == 0
+    assert len(hub.points.get("A")) == 2  # A's two points survived
