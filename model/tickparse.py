@@ -22,6 +22,9 @@ Timestamps (`parse_ts`) become epoch milliseconds:
   value's magnitude, so one stream may mix units: |v| < 1e11 seconds, < 1e14 milliseconds,
   < 1e17 microseconds, < 1e20 nanoseconds (so milliseconds before 1973-03-03 read as
   seconds: force the unit with `ts_unit` then); fractions of a millisecond are truncated;
+  below 1e8 (1973-03-03 in seconds) a number is rejected: it is a year, a date without
+  separators, an Excel serial day or a row number, never a recent epoch time (`ts_unit`
+  "s" accepts it);
 * ISO-8601 strings, with an offset or `Z`; a naive time is UTC;
 * after normalising, a time before 1970 or after 2200-01-01 is rejected (`bad_ts`), with
   the value in the detail.
@@ -62,6 +65,10 @@ FORMATS = ("tickcast", "binance", "coinbase", "fields:...")
 TS_UNITS = ("s", "ms", "us", "ns")
 # Magnitude bounds of the inferred unit: |v| < bound -> unit (see the module docstring).
 UNIT_BOUNDS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (1e20, "ns"))
+# With the unit inferred, a smaller number is no epoch time (before 1973-03-03T09:46:40Z as
+# seconds) but a year (2019), a date without separators (190102), an Excel serial day
+# (43000) or a row number: rejected, not read as a day in 1970. `ts_unit="s"` accepts it.
+MIN_INFERRED = 1e8
 
 REJECT_REASONS = (
     "bad_json",  # not parseable JSON
@@ -137,6 +144,13 @@ _FACTOR = {"s": (1000, 1), "ms": (1, 1), "us": (1, 1000), "ns": (1, 1_000_000)}
 
 
 def _unit_of(a: float, raw: object) -> str:
+    if a < MIN_INFERRED:
+        raise Bad(
+            "bad_ts",
+            f"ts {raw!r} is too small for an epoch time (before 1973-03-03 in seconds): a "
+            "year, a date without separators, an Excel serial day or a row number? "
+            "(a ts unit of s reads it as epoch seconds)",
+        )
     for bound, u in UNIT_BOUNDS:
         if a < bound:
             return u

@@ -27,7 +27,7 @@ def test_csv_iso_and_epoch_ms_several_symbols_any_order(tmp_path):
 
 def test_csv_without_volume(tmp_path):
     f = tmp_path / "t.csv"
-    f.write_text("timestamp,symbol,price\n1,X,1.5\n2,X,1.6\n")
+    f.write_text("timestamp,symbol,price\n1700000000,X,1.5\n1700000060,X,1.6\n")
     (s,) = load_csv(f)
     assert s.volume is None and len(s) == 2
 

@@ -109,7 +109,7 @@ def test_duplicate_timestamps_are_kept_in_file_order(tmp_path: Path) -> None:
     [
         ("timestamp,symbol,price\n1735689600,X,1\n1735689601,X,-2\n", r"e.csv:3: price must be"),
         ("timestamp,symbol,price\n1735689600,X,1\n4102444800000000000000,X,2\n", r"e.csv:3: ts"),
-        ("timestamp,symbol,price\n-5,X,1\n", r"e.csv:2: ts '-5' read as epoch s is before 1970"),
+        ("timestamp,symbol,price\n-5,X,1\n", r"e.csv:2: ts '-5' is too small for an epoch time"),
         (
             'timestamp,symbol,price,note\n1735689600,X,1,"two\nlines"\n1735689601,X,x,\n',
             r"e.csv:4: price 'x' is not a number",

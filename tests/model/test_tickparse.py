@@ -38,7 +38,6 @@ JAN_2025_MS = 1735689600000  # 2025-01-01T00:00:00Z
         ("2025-01-01 00:00:00.5", JAN_2025_MS + 500),  # naive: UTC
         ("2025-01-01", JAN_2025_MS),  # a date (Yahoo's Date column)
         ("2024-04-12T05:33:23.123456Z", 1712900003123),  # Coinbase's microseconds
-        (0, 0),  # the epoch itself
     ],
 )
 def test_timestamps_of_every_unit_become_epoch_ms(raw: object, ms: int) -> None:
@@ -56,6 +55,22 @@ def test_units_mix_in_one_stream_and_the_ranges_are_the_documented_ones() -> Non
     assert parse_ts(100_000_000_000_000_000) == 100_000_000_000  # 1e17: nanoseconds
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [0, 1, 2019, 190102, 43000, 43000.5, "43466", 99_999_999, -5, 1e7, 311299],
+)
+def test_numbers_too_small_for_an_epoch_time_are_rejected_not_read_as_1970(raw: object) -> None:
+    """A year, a date without separators (YYMMDD, DDMMYY), an Excel serial day (with a time
+    fraction too) or a row number read as epoch seconds would be a day in 1970: with the
+    unit inferred it is `bad_ts`, naming the value; forced to seconds, it is read."""
+    with pytest.raises(Bad, match="too small for an epoch time") as e:
+        parse_ts(raw)
+    assert e.value.reason == "bad_ts" and str(raw) in str(e.value)
+    if float(raw) >= 0:
+        assert parse_ts(raw, "s") == int(float(raw) * 1000)
+    assert parse_ts(100_000_000) == 100_000_000_000  # 1e8: 1973-03-03, seconds
+
+
 def test_forced_unit() -> None:
     assert parse_ts(5, "ms") == 5  # milliseconds in 1970: only with --ts-unit ms
     assert parse_ts(5, "s") == 5000
@@ -70,7 +85,7 @@ def test_forced_unit() -> None:
 @pytest.mark.parametrize(
     ("raw", "match"),
     [
-        (-1, "ts -1 read as epoch s is before 1970"),
+        (-1_000_000_000, "ts -1000000000 read as epoch s is before 1970"),
         (9_000_000_000_000, "ts 9000000000000 read as epoch ms is after 2200"),
         (10**21, "too large for any epoch unit"),
         ("1969-12-31T23:59:59Z", "'1969-12-31T23:59:59Z' read as epoch ISO-8601 is before 1970"),
@@ -263,10 +278,11 @@ def test_a_record_no_rule_foresaw_is_rejected_never_raised(record: dict[str, obj
         ("20230102", 1672617600000),
         (202404120930, 1712914200000),  # YYYYMMDDHHMM, not 1976 in epoch ms
         (20240412093015, 1712914215000),  # YYYYMMDDHHMMSS, not after 2200 in epoch ms
-        (20231301, 20231301000),  # no month 13: an epoch number (seconds, 1970)
         (1712900003, 1712900003000),  # epoch seconds stay epoch seconds
     ],
 )
 def test_integers_that_spell_a_date_are_read_as_dates(raw: object, ms: int) -> None:
     assert parse_ts(raw) == ms
     assert parse_ts(20230102, "s") == 20230102000  # a forced unit reads the number as is
+    with pytest.raises(Bad, match="too small for an epoch time"):  # no month 13: no date,
+        parse_ts(20231301)  # and as epoch seconds a day in 1970

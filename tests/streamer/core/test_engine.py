@@ -20,6 +20,8 @@ from streamer.core.forecasts import Forecasts
 from streamer.core.ticks import Decoded, decode, encode
 from streamer.jobs.replay import interleave
 
+T0 = 1_700_000_000  # epoch seconds (2023-11-14): small tick numbers are no epoch time
+
 
 def head(series: list[Series], n: int) -> list[Series]:
     return [
@@ -181,7 +183,7 @@ def test_eviction_bounded_lru_and_idle_keeps_state(stocks: LoadedModel) -> None:
     eng = Engine(stocks, max_symbols=3, idle_evict_s=10.0, clock=lambda: now[0])
 
     def tick(sym: str, ts: int) -> list[str]:
-        good, _ = decode([encode(sym, ts, 10.0 + ts)], [sym.encode()])
+        good, _ = decode([encode(sym, T0 + ts, 10.0 + ts)], [sym.encode()])
         return eng.apply(good, np.zeros(1, np.int32), np.array([ts])).evicted
 
     for i, sym in enumerate("ABC"):
@@ -196,14 +198,18 @@ def test_eviction_bounded_lru_and_idle_keeps_state(stocks: LoadedModel) -> None:
     assert sorted(tick("E", 4)) == ["B", "C", "D"]  # idle for 97 s > 10 s
     assert eng.symbols() == ["E"]
     again = eng.apply(
-        decode([encode("B", 10, 1.0)], [b"B"])[0], np.zeros(1, np.int32), np.array([9])
+        decode([encode("B", T0 + 10, 1.0)], [b"B"])[0], np.zeros(1, np.int32), np.array([9])
     )
     assert again.forecasts.seq.tolist() == [2]  # an evicted symbol continues
 
 
 def test_ticks_without_volume_repeat_the_previous_volume(stocks: LoadedModel) -> None:
     eng = Engine(stocks)
-    ticks = [encode("A", 1, 10.0, 5.0), encode("A", 2, 10.5), encode("A", 3, 10.2, 5.0)]
+    ticks = [
+        encode("A", T0 + 1, 10.0, 5.0),
+        encode("A", T0 + 2, 10.5),
+        encode("A", T0 + 3, 10.2, 5.0),
+    ]
     good, _ = decode(ticks, [b"A"] * 3)
     f = eng.apply(good, np.zeros(3, np.int32), np.arange(3)).forecasts
     assert np.isfinite(f.forecast).all() and (f.lower < f.forecast).all()
@@ -214,7 +220,7 @@ def test_a_batch_with_more_symbols_than_slots_is_split(stocks: LoadedModel) -> N
     eng = Engine(stocks, max_symbols=2)
     syms = ["A", "B", "C", "A", "D"]
     good, _ = decode(
-        [encode(s, i, 10.0 + i) for i, s in enumerate(syms)], [s.encode() for s in syms]
+        [encode(s, T0 + i, 10.0 + i) for i, s in enumerate(syms)], [s.encode() for s in syms]
     )
     a = eng.apply(good, np.zeros(5, np.int32), np.arange(5))
     assert a.forecasts.symbols == syms  # every tick answered, in order
@@ -230,7 +236,7 @@ def test_a_symbol_ticking_in_the_batch_is_never_evicted_for_a_newcomer(stocks: L
 
     def batch(syms: list[str], t0: int) -> tuple[list[int], list[str]]:
         good, _ = decode(
-            [encode(s, t0 + i, 10.0) for i, s in enumerate(syms)], [s.encode() for s in syms]
+            [encode(s, T0 + t0 + i, 10.0) for i, s in enumerate(syms)], [s.encode() for s in syms]
         )
         a = eng.apply(good, np.zeros(len(syms), np.int32), np.arange(t0, t0 + len(syms)))
         return a.forecasts.seq.tolist(), a.evicted

@@ -16,26 +16,26 @@ BAD: list[tuple[bytes | None, bytes | None, str]] = [
     (None, b"X", "not_object"),
     (b"[1, 2]", b"X", "not_object"),
     (b'"MSFT"', b"X", "not_object"),
-    (b'{"ts": 1, "price": 1.0}', None, "missing_field"),
+    (b'{"ts": 1700000000000, "price": 1.0}', None, "missing_field"),
     (b'{"symbol": "X", "price": 1.0}', b"X", "missing_field"),
-    (b'{"symbol": "X", "ts": 1}', b"X", "missing_field"),
-    (b'{"symbol": 7, "ts": 1, "price": 1.0}', None, "bad_type"),
+    (b'{"symbol": "X", "ts": 1700000000000}', b"X", "missing_field"),
+    (b'{"symbol": 7, "ts": 1700000000000, "price": 1.0}', None, "bad_type"),
     (b'{"symbol": "X", "ts": "soon", "price": 1.0}', b"X", "bad_ts"),
     (b'{"symbol": "X", "ts": 1700000000000.5, "price": 1.0}', b"X", "bad_ts"),
     (b'{"symbol": "X", "ts": true, "price": 1.0}', b"X", "bad_ts"),
-    (b'{"symbol": "X", "ts": 1, "price": "1.0x"}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": null}', b"X", "bad_price"),
-    (b'{"symbol": "X", "ts": 1, "price": [1]}', b"X", "bad_type"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": "lots"}', b"X", "bad_type"),
-    (b'{"symbol": "", "ts": 1, "price": 1.0}', None, "bad_symbol"),
-    (b'{"symbol": "' + b"A" * 65 + b'", "ts": 1, "price": 1.0}', None, "bad_symbol"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0}', b"Y", "key_mismatch"),
-    (b'{"symbol": "X", "ts": 1, "price": NaN}', b"X", "bad_price"),
-    (b'{"symbol": "X", "ts": 1, "price": Infinity}', b"X", "bad_price"),
-    (b'{"symbol": "X", "ts": 1, "price": 0}', b"X", "bad_price"),
-    (b'{"symbol": "X", "ts": 1, "price": -3.5}', b"X", "bad_price"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": -1}', b"X", "bad_volume"),
-    (b'{"symbol": "X", "ts": 1, "price": 1.0, "volume": Infinity}', b"X", "bad_volume"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": "1.0x"}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": null}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": [1]}', b"X", "bad_type"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": 1.0, "volume": "lots"}', b"X", "bad_type"),
+    (b'{"symbol": "", "ts": 1700000000000, "price": 1.0}', None, "bad_symbol"),
+    (b'{"symbol": "' + b"A" * 65 + b'", "ts": 1700000000000, "price": 1.0}', None, "bad_symbol"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": 1.0}', b"Y", "key_mismatch"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": NaN}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": Infinity}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": 0}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": -3.5}', b"X", "bad_price"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": 1.0, "volume": -1}', b"X", "bad_volume"),
+    (b'{"symbol": "X", "ts": 1700000000000, "price": 1.0, "volume": Infinity}', b"X", "bad_volume"),
     (b'{"symbol": "X", "ts": -1, "price": 1.0}', b"X", "bad_ts"),
     (b'{"symbol": "X", "ts": 1700000000000000000000, "price": 1.0}', b"X", "bad_ts"),
     (b'{"symbol": "X", "ts": 9000000000000, "price": 1.0}', b"X", "bad_ts"),  # ms in 2255
@@ -67,8 +67,8 @@ def test_reasons_are_all_exercised() -> None:
 
 
 def test_encode_round_trip_and_unknown_fields_ignored() -> None:
-    raw = b'{"symbol": "A", "ts": 3, "price": 9.5, "exchange": "X", "volume": null}'
-    good, bad = decode([raw, encode("A", 4, 9.75, 10.0)], [b"A", b"A"])
+    raw = b'{"symbol": "A", "ts": 1700000003, "price": 9.5, "exchange": "X", "volume": null}'
+    good, bad = decode([raw, encode("A", 1700000004, 9.75, 10.0)], [b"A", b"A"])
     assert bad == [] and good.price == [9.5, 9.75] and math.isnan(good.volume[0])
 
 
@@ -84,10 +84,14 @@ def test_formats_skip_non_ticks_and_force_units() -> None:
     assert good.symbols == ["BTCUSDT"] and good.ts == [1735689600000] and good.index == [1]
     assert [(s.index, s.reason) for s in good.skipped] == [(0, "ack")]
     assert [(b.index, b.reason) for b in bad] == [(2, "bad_json")]
-    # Small integers are epoch seconds unless the unit is forced (the fast path steps aside).
-    raw = encode("X", 5, 1.0)
-    assert decode([raw], [b"X"])[0].ts == [5000]
-    assert decode([raw], [b"X"], make_format("tickcast", "ms"))[0].ts == [5]
+    # Integers below 1e11 are epoch seconds unless the unit is forced (the fast path steps
+    # aside); below 1e8 they are no epoch time at all, unless forced.
+    raw = encode("X", 1700000005, 1.0)
+    assert decode([raw], [b"X"])[0].ts == [1700000005000]
+    assert decode([raw], [b"X"], make_format("tickcast", "ms"))[0].ts == [1700000005]
+    small = encode("X", 5, 1.0)
+    assert [b.reason for b in decode([small], [b"X"])[1]] == ["bad_ts"]
+    assert decode([small], [b"X"], make_format("tickcast", "ms"))[0].ts == [5]
 
 
 def test_poison_records_are_dead_letters_not_crashes() -> None:
