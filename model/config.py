@@ -89,3 +89,23 @@ class TrainConfig:
     )
     progress: bool = True  # tqdm progress bar with the loss
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in metadata
+
+    def __post_init__(self) -> None:
+        """Refuse values that cannot train a model (ValueError naming the field): a step,
+        batch, chunk or pass count below 1, a learning rate not above 0, fractions outside
+        [0, 1) that leave no training data, a time budget not above 0."""
+        for name in ("batch_size", "chunks", "max_steps", "eval_every", "patience"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.bptt < 0:
+            raise ValueError(f"bptt must be >= 0 (0: the window), got {self.bptt}")
+        if not self.learning_rate > 0:
+            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if not (0 <= self.val_fraction < 1 and 0 <= self.test_fraction < 1
+                and self.val_fraction + self.test_fraction < 1):  # fmt: skip
+            raise ValueError(
+                f"val_fraction {self.val_fraction} and test_fraction {self.test_fraction} must "
+                "each be in [0, 1) and leave some training data"
+            )
+        if self.max_seconds is not None and not self.max_seconds > 0:
+            raise ValueError(f"max_seconds must be > 0 (or None: no limit), got {self.max_seconds}")

@@ -72,6 +72,25 @@ class Settings:
     format: str = "tickcast"  # record format of the ticks topic (model.tickparse)
     ts_unit: str = "auto"  # epoch unit of numeric ts: auto (per value), s, ms, us, ns
 
+    def __post_init__(self) -> None:
+        """Refuse values no run could use (ValueError naming the setting): a port outside
+        0-65535 (0: none or any free one), a count or a timeout below 1."""
+        for name in ("metrics_port", "feed_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be 0-65535, got {getattr(self, name)}")
+        for name in POSITIVE:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+
+
+# Settings whose value must be >= 1 (counts of things, and Kafka's timeouts in ms).
+POSITIVE = (
+    "num_partitions", "replication_factor", "max_symbols", "max_poll_records",
+    "checkpoint_max_records", "session_timeout_ms", "heartbeat_interval_ms",
+    "max_poll_interval_ms", "feed_max_connections", "feed_max_symbols", "feed_max_frame",
+    "feed_hub_symbols",
+)  # fmt: skip
+
 
 NAMES: list[str] = [f.name for f in fields(Settings)]
 

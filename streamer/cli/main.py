@@ -46,7 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:  # flag defaults come from TICKCAST_* variables: a bad one is an error, no traceback
+        parser = build_parser()
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    args = parser.parse_args(argv)
     from model.data import DataError
     from model.errors import CheckpointError
 

@@ -100,7 +100,7 @@ def _add_train_args(p: argparse.ArgumentParser) -> None:
         "--max-seconds",
         type=float,
         default=240.0,
-        help="time budget of each phase, fit and refit (default 240)",
+        help="time budget of each phase, fit and refit (default 240; 0: none)",
     )
     t.add_argument("--batch-size", type=int, default=32, help="segments per step (default 32)")
     t.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
@@ -119,7 +119,8 @@ def _train(args: argparse.Namespace) -> int:
     series = data.load(args.data, read_options(args))
     tc = TrainConfig(
         seed=args.seed, loss=args.loss, learning_rate=args.lr, batch_size=args.batch_size,
-        max_steps=args.max_steps, max_seconds=args.max_seconds, progress=not args.no_progress,
+        max_steps=args.max_steps, max_seconds=args.max_seconds or None,
+        progress=not args.no_progress,
     )  # fmt: skip
     if args.features == "auto":  # chosen from the training split only
         feats = auto_features(training_part(series, tc), args.window)

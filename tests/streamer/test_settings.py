@@ -3,10 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
 from streamer import settings as st
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_defaults_env_and_flags(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +60,24 @@ def test_old_names_still_work_with_a_warning(monkeypatch: pytest.MonkeyPatch) ->
     st.add_arguments(p, ["group_id", "max_poll_records"])
     s = st.from_args(p.parse_args(["--group", "g3", "--max-batch", "7"]))
     assert (s.group_id, s.max_poll_records) == ("g3", 7)
+
+
+@pytest.mark.parametrize(
+    ("env", "said"),
+    [
+        ({"TICKCAST_NUM_PARTITIONS": "abc"}, "TICKCAST_NUM_PARTITIONS='abc'"),
+        ({"TICKCAST_EXACTLY_ONCE": "maybe"}, "not a boolean: 'maybe'"),
+        ({"TICKCAST_FEED_PORT": "99999"}, "feed_port must be 0-65535, got 99999"),
+        ({"TICKCAST_MAX_SYMBOLS": "0"}, "max_symbols must be at least 1, got 0"),
+    ],
+)
+def test_a_bad_setting_is_an_error_naming_it_not_a_traceback(
+    env: dict[str, str], said: str
+) -> None:
+    proc = subprocess.run([sys.executable, "-m", "streamer", "serve", "--help"],
+                          env={**os.environ, **env}, capture_output=True, text=True,
+                          cwd=ROOT, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert said in proc.stderr
+    with pytest.raises(ValueError, match="feed_port must be 0-65535"):
+        st.Settings(feed_port=65536)
