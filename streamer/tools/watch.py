@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import orjson
 from websockets.asyncio.client import connect
-from websockets.exceptions import ConnectionClosed
+from websockets.exceptions import ConnectionClosed, InvalidURI
 
 
 def line(f: dict[str, Any]) -> str:
@@ -76,9 +76,21 @@ async def watch(
     return printed
 
 
+def ws_url(url: str) -> str:
+    """The feed's websocket URL: an http(s) address, such as the dashboard's, becomes ws(s)
+    on the same host and path (every path of the feed's port upgrades to the feed)."""
+    for http, ws in (("http://", "ws://"), ("https://", "wss://")):
+        if url.lower().startswith(http):
+            return ws + url[len(http) :]
+    return url
+
+
 def main(url: str, symbols: list[str], token: str | None, count: int | None, as_json: bool) -> int:
     try:
-        asyncio.run(watch(url, symbols, token=token, count=count, as_json=as_json))
+        asyncio.run(watch(ws_url(url), symbols, token=token, count=count, as_json=as_json))
+    except InvalidURI:
+        print(f"error: {url!r} is not a websocket URL (ws://HOST:PORT/ws)", file=sys.stderr)
+        return 1
     except ConnectionClosed as e:
         rcvd = e.rcvd
         why = f"{rcvd.code} {rcvd.reason}" if rcvd is not None else "no close frame"
