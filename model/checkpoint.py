@@ -138,8 +138,12 @@ def read_metadata(path: str | Path) -> dict[str, Any]:
     try:
         meta = json.loads(f.read_text())
     except FileNotFoundError:
+        from model.paths import bundled_names
+
+        what = "not a tickcast model directory" if Path(path).is_dir() else "no such directory"
         raise CheckpointError(
-            f"{path}: no {META}; not a tickcast model directory", "missing"
+            f"{path}: no {META}; {what} (bundled models by name: {', '.join(bundled_names())})",
+            "missing",
         ) from None
     except (OSError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{f}: unreadable metadata ({e})") from e

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["BUNDLED_MODELS", "bundled_model", "resolve_model"]
+__all__ = ["BUNDLED_MODELS", "bundled_model", "bundled_names", "resolve_model"]
 
 BUNDLED_MODELS = Path(__file__).resolve().parent / "bundled"
 
@@ -15,6 +15,11 @@ def bundled_model(name: str) -> Path | None:
     model has that name."""
     p = BUNDLED_MODELS / name
     return p if (p / "metadata.json").is_file() else None
+
+
+def bundled_names() -> list[str]:
+    """The bundled models' names, sorted."""
+    return sorted(p.parent.name for p in BUNDLED_MODELS.glob("*/metadata.json"))
 
 
 def resolve_model(name_or_dir: str | Path) -> Path:

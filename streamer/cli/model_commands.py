@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from model.paths import BUNDLED_MODELS, bundled_model
+from model.paths import BUNDLED_MODELS, bundled_model, resolve_model
 from model.tickfile import add_read_arguments
 from streamer.cli.common import Subparsers, jax
 from streamer.timefmt import format_ms
@@ -39,7 +39,8 @@ def register(sub: Subparsers) -> None:
                        description="One-step-ahead over the test split (last 20%%), through the "
                        "carried-state step (live) and the 60-step window (tutorial).")  # fmt: skip
     p.add_argument("--data", required=True, help="bundled name or CSV path")
-    p.add_argument("--model", help="model directory (default: the bundled model of --data)")
+    p.add_argument("--model", help="model directory or a bundled model's name "
+                   "(default: the bundled model of --data)")  # fmt: skip
     p.add_argument("--json", action="store_true", help="print one JSON object on stdout")
     p.add_argument("--plot", metavar="PNG", help="write real vs predicted with the 90%% band")
     add_read_arguments(p)
@@ -161,7 +162,7 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     jax()
     series = data.load(args.data, read_options(args))
-    model_dir = args.model or bundled_model(args.data)
+    model_dir = resolve_model(args.model) if args.model else bundled_model(args.data)
     if model_dir is None:
         print(
             f"error: no bundled model for {args.data!r}; pass --model DIR "

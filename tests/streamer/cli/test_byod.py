@@ -56,7 +56,7 @@ def yahoo_file(tmp_path: Path) -> Path:
 
 def test_evaluate_a_yahoo_export_with_the_bundled_model(tmp_path: Path) -> None:
     f = yahoo_file(tmp_path)
-    proc = tickcast("evaluate", "--data", str(f), "--model", "model/bundled/msft")
+    proc = tickcast("evaluate", "--data", str(f), "--model", "msft")  # a bundled name
     assert "LSTM, carried state (live)" in proc.stdout
     assert "skipped 2 row(s) without a price (lines 103, 204)" in proc.stderr
     strict = tickcast("evaluate", "--data", str(f), "--model", "model/bundled/msft", "--strict",
