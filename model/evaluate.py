@@ -209,6 +209,7 @@ def evaluate(
             )
         )
     report = _report(per)
+    report["window"] = w  # the model's window: the tutorial-style pass re-reads this many steps
     skipped = sorted({s.symbol for s in series} - {p.symbol for p in per})
     if skipped:
         report["skipped_symbols"] = skipped
@@ -312,7 +313,7 @@ def format_table(report: dict[str, Any]) -> str:
     """Human-readable side-by-side table of a report, then the scale-free summary."""
     rows = [
         ("LSTM, carried state (live)", report["model"]["stateful"]),
-        ("LSTM, 60-step window (tutorial)", report["model"]["window"]),
+        (f"LSTM, {report.get('window', 60)}-step window (tutorial)", report["model"]["window"]),
         ("persistence (last value)", report["persistence"]),
         ("AR(60), least squares", report["ar60"]),
     ]

@@ -36,8 +36,9 @@ def register(sub: Subparsers) -> None:
     _add_train(sub)
 
     p = sub.add_parser("evaluate", help="walk-forward test-split scores vs persistence and AR(60)",
-                       description="One-step-ahead over the test split (last 20%%), through the "
-                       "carried-state step (live) and the 60-step window (tutorial).")  # fmt: skip
+                       description="One-step-ahead over the test split (last 20%), through the "
+                       "carried-state step (live) and the window re-read at each step "
+                                   "(tutorial).")  # fmt: skip
     p.add_argument("--data", required=True, help="bundled name or CSV path")
     p.add_argument("--model", help="model directory or a bundled model's name "
                    "(default: the bundled model of --data)")  # fmt: skip
@@ -58,8 +59,8 @@ def _add_train(sub: Subparsers) -> None:
     p = sub.add_parser(
         "train",
         help="train a model on a bundled data set or a CSV",
-        description="Fit on the training split (first 70%%), stop early on validation (next "
-        "10%%), calibrate the interval on validation, refit on both, save to --out.",
+        description="Fit on the training split (first 70%), stop early on validation (next "
+        "10%), calibrate the interval on validation, refit on both, save to --out.",
     )
     p.add_argument(
         "--data", required=True, help="bundled name (see `tickcast datasets`) or CSV path"
