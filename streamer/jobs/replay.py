@@ -83,6 +83,27 @@ class ReplayResult:
         return self.sent / self.seconds if self.seconds > 0 else float("inf")
 
 
+class Pacer:
+    """Paces a sender at `rate` items/s: `delay(sent, now)` is how long to wait before more.
+
+    A sender that fell behind by up to `max_lag_s` (a GC pause, a slow broker) catches up;
+    one further behind (it was paused: SIGSTOP, a laptop lid) carries on at `rate` from
+    where it is, so a pause never ends in a burst.
+    """
+
+    def __init__(self, rate: float, now: float, max_lag_s: float = 1.0) -> None:
+        self.rate, self.max_lag_s = rate, max_lag_s
+        self.t0 = now  # when item 0 was due, moved forward after a pause
+
+    def delay(self, sent: int, now: float) -> float:
+        """Seconds to wait after `sent` items, at `now` (the same clock as `t0`)."""
+        ahead = sent / self.rate - (now - self.t0)
+        if ahead < -self.max_lag_s:
+            self.t0 = now - sent / self.rate
+            return 0.0
+        return max(ahead, 0.0)
+
+
 async def publish(
     bootstrap: str,
     topic: str,
@@ -94,7 +115,8 @@ async def publish(
     chunk: int = 2000,
 ) -> ReplayResult:
     """Send ticks to `topic` (partition by the key's murmur2 hash, as Kafka's Java client
-    does), at `rate` ticks/s or as fast as possible (`rate=None`)."""
+    does), at `rate` ticks/s (`Pacer`: after a pause it carries on at that rate, no burst)
+    or as fast as possible (`rate=None`)."""
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap,
         acks="all",
@@ -105,6 +127,7 @@ async def publish(
     await producer.start()
     sent = 0
     t0 = time.perf_counter()
+    pacer = Pacer(rate, t0) if rate is not None else None
     bar = tqdm(total=total, unit="tick", disable=not progress, smoothing=0.1)
     try:
         n_parts = len(await producer.partitions_for(topic))
@@ -142,10 +165,8 @@ async def publish(
             if len(pending) > 64:
                 await asyncio.gather(*pending)
                 pending.clear()
-            if rate is not None:
-                ahead = sent / rate - (time.perf_counter() - t0)
-                if ahead > 0:
-                    await asyncio.sleep(ahead)
+            if pacer is not None and (wait := pacer.delay(sent, time.perf_counter())) > 0:
+                await asyncio.sleep(wait)
         await asyncio.gather(*pending)
     finally:
         bar.close()
