@@ -60,6 +60,15 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError, FileExistsError) as e:  # say what, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:
+        from aiokafka.errors import KafkaConnectionError
+
+        if not isinstance(e, KafkaConnectionError):
+            raise
+        where = getattr(args, "kafka_bootstrap", "the broker")
+        print(f"error: cannot reach Kafka at {where} ({e}); a local one for trying things: "
+              "tickcast kafka up", file=sys.stderr)  # fmt: skip
+        return 1
 
 
 if __name__ == "__main__":

@@ -110,7 +110,8 @@ def register(sub: Subparsers) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="with --synthetic (default 0)")
     p.add_argument("--start-ms", type=int, help="with --synthetic: first tick time (default: now)")
-    p.add_argument("--rate", default="max", help="ticks per second, or 'max' (default)")
+    p.add_argument("--rate", default=None, type=_rate, metavar="RATE",
+                   help="ticks per second (> 0), or 'max' (default)")  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_read_arguments(p)
     settings.add_arguments(
@@ -197,6 +198,19 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(settings, loaded)
 
 
+def _rate(text: str) -> float | None:
+    """`--rate`: ticks per second (> 0), or `max` (None: as fast as possible)."""
+    if text == "max":
+        return None
+    try:
+        rate = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number or 'max'") from None
+    if not rate > 0 or rate == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be > 0 ticks/s, or 'max' (got {text})")
+    return rate
+
+
 def _replay(args: argparse.Namespace) -> int:
     """Publish a bundled series, a CSV, or synthetic random walks as ticks."""
     import asyncio
@@ -233,7 +247,7 @@ def _replay(args: argparse.Namespace) -> int:
         label = f"{args.data} ({len(series)} symbols)"
         n_skip = len(got.no_price) + sum(got.skipped.values())
         label += f"; {n_skip} skipped, {len(got.rejected)} rejected, not sent"
-    rate = None if args.rate == "max" else float(args.rate)
+    rate = args.rate
     if rate is not None and rate <= 0:
         raise ValueError("--rate must be > 0 or 'max'")
 

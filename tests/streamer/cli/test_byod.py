@@ -92,3 +92,15 @@ def test_replay_sends_only_valid_ticks_and_says_so(kafka: LocalBroker, tmp_path:
     got = sorted(orjson.loads(r.value)["ts"] for r in recs)
     assert got == [1735689600000, 1735689601000, 1735689603000]  # µs and s, as ms
     assert sum("volume" not in orjson.loads(r.value) for r in recs) == 1  # blank: not 0
+
+
+def test_replay_flags_and_an_unreachable_broker_are_errors_not_tracebacks() -> None:
+    down = f"127.0.0.1:{free_port()}"
+    for rate, said in (("abc", "'abc' is not a number or 'max'"), ("0", "must be > 0")):
+        proc = tickcast("replay", "--synthetic", "1", "--rate", rate, "--kafka-bootstrap", down,
+                        check=False)  # fmt: skip
+        assert proc.returncode == 2 and said in proc.stderr, proc.stderr
+    proc = tickcast("replay", "--synthetic", "1", "--rate", "5", "--kafka-bootstrap", down,
+                    check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert f"error: cannot reach Kafka at {down}" in proc.stderr
