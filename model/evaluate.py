@@ -341,7 +341,7 @@ def format_table(report: dict[str, Any]) -> str:
         lines.append(
             f"scale-free, pooled over symbols (log prices): error ratio vs persistence "
             f"{_num(q['error_ratio'], '.4f')}, coverage {_num(q['coverage90'], '.3f')}, "
-            f"Winkler interval score vs EWMA random walk {_num(q['interval_score_ratio'], '.4f')}x"
+            f"Winkler interval score vs EWMA random walk {_times(q['interval_score_ratio'])}"
         )
     return "\n".join(lines)
 
@@ -375,6 +375,11 @@ def plot(ev: Evaluation, path: str, last_n: int = 250) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _times(x: float | None) -> str:
+    """A ratio as `0.9612x`, or `-` where there is none."""
+    return f"{x:.4f}x" if x is not None and math.isfinite(x) else "-"
 
 
 def _num(x: float | None, spec: str) -> str:

@@ -178,6 +178,11 @@ def _csv_rows(
             f"{path}: the {opts.format} format is JSON messages (one per line, .jsonl); "
             "a CSV is read with --format tickcast or fields:..."
         )
+    low = [h.lower() for h in header]
+    twice = sorted({c for c in cols.values() if c is not None and low.count(c.lower()) > 1})
+    if twice:
+        raise DataError(f"{path}:1: header {header} has more than one {twice[0]!r} column: "
+                        "which one is meant is ambiguous")  # fmt: skip
     default_symbol = opts.symbol or path.stem
     reader = csv.reader(text, delimiter=delim)
     rows: list[tuple[int, list[str]]] = []

@@ -196,7 +196,12 @@ class FeedProtocol:
                 return
             op = msg.get("op")
             if op not in OPS:
-                self._error(c, rid, "unknown_op", f"unknown op {op!r}; ops: {', '.join(OPS)}")
+                self._error(
+                    c,
+                    rid,
+                    "unknown_op",
+                    f"unknown op {orjson.dumps(op).decode()[:40]}; ops: {', '.join(OPS)}",
+                )
                 return
             getattr(self, "_op_" + op)(c, msg, rid)
         except Exception:  # a bug must cost this message, not the connection or the server

@@ -115,6 +115,11 @@ def test_duplicate_timestamps_are_kept_in_file_order(tmp_path: Path) -> None:
             r"e.csv:4: price 'x' is not a number",
         ),
         ("price\n1\n", r"e.csv:1: header \['price'\] lacks timestamp"),
+        (
+            "timestamp,symbol,price,Price\n1735689600,X,1,2\n",
+            r"e.csv:1: header .* has more than one 'Price' column: which one is meant",
+        ),
+        ("Date,date,Close\n2019-01-02,2019-01-03,1\n", r"more than one 'date' column"),
     ],
 )
 def test_every_error_names_file_and_line(tmp_path: Path, body: str, match: str) -> None:
