@@ -8,8 +8,10 @@ import JAX. May import every `streamer` sub-package and `streamer.cli.common`.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import struct
 import sys
 import time
 from pathlib import Path
@@ -128,7 +130,7 @@ def _add_kafka(sub: Subparsers) -> None:
         "from jars Maven fetches once (deploy/kafka). `up` leaves it running in the background.",
     )
     p.add_argument("action", choices=("up", "down", "status"))
-    p.add_argument("--port", type=int, default=9092, help="client port for `up` (default 9092)")
+    p.add_argument("--port", type=int, default=9092, help="client port for `up`, and probed by `status` (default 9092)")
     p.add_argument(
         "--data-dir",
         help="broker data and logs (default $TICKCAST_KAFKA_DATA or ~/.local/state/tickcast/kafka)",
@@ -298,4 +300,10 @@ def _kafka(args: argparse.Namespace) -> int:
               f"data {info['data_dir']})")  # fmt: skip
     else:
         print(f"kafka not running (data {info['data_dir']})")
+        from streamer.kafka.probe import metadata_brokers
+
+        with contextlib.suppress(OSError, struct.error):
+            if metadata_brokers(args.port, timeout=1.0):  # someone else's, or another dir's
+                print(f"  but a Kafka broker answers on 127.0.0.1:{args.port}: started with "
+                      "another --data-dir?")  # fmt: skip
     return 0 if info["running"] else 3
