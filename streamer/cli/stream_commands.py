@@ -130,7 +130,8 @@ def _add_kafka(sub: Subparsers) -> None:
         "from jars Maven fetches once (deploy/kafka). `up` leaves it running in the background.",
     )
     p.add_argument("action", choices=("up", "down", "status"))
-    p.add_argument("--port", type=int, default=9092, help="client port for `up`, and probed by `status` (default 9092)")
+    p.add_argument("--port", type=int, default=9092,
+                   help="client port for `up`, and probed by `status` (default 9092)")  # fmt: skip
     p.add_argument(
         "--data-dir",
         help="broker data and logs (default $TICKCAST_KAFKA_DATA or ~/.local/state/tickcast/kafka)",
