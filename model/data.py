@@ -148,7 +148,11 @@ def split_times(series: list[Series], val_fraction: float, test_fraction: float)
     n_test = round(n * test_fraction)
     n_val = round(n * val_fraction)
     if n_test < 2 or n - n_test - n_val < 2:
-        raise DataError(f"{n} rows are too few for a {val_fraction}/{test_fraction} split")
+        names = ", ".join(s.symbol for s in series[:3]) + (", ..." if len(series) > 3 else "")
+        raise DataError(
+            f"{n} rows (of {names}) are too few for a {val_fraction}/{test_fraction} "
+            "validation/test split"
+        )
     return Split(val_start=int(ts[n - n_test - n_val]), test_start=int(ts[n - n_test]))
 
 
