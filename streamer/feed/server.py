@@ -74,6 +74,9 @@ class FeedServer:
 
     async def start(self) -> None:
         s = self.settings
+        ws_log = logging.getLogger("websockets.server")
+        if not any(isinstance(f, _ServedPages) for f in ws_log.filters):
+            ws_log.addFilter(_ServedPages())
         self._server = await serve(
             self._connection,
             s.feed_host,
@@ -245,6 +248,20 @@ class FeedServer:
     def _count_close(self, reason: str) -> None:
         if self.metrics is not None:
             self.metrics.feed_closed.labels(reason).inc()
+
+
+class _ServedPages(logging.Filter):
+    """websockets logs every HTTP answer of `process_request` as "connection rejected (200
+    OK)"; the dashboard, /healthz, /readyz and /metrics are pages served, not rejections."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (
+            record.msg == "connection rejected (%d %s)"
+            and isinstance(record.args, tuple)
+            and record.args
+            and isinstance(record.args[0], int)
+            and record.args[0] < 400
+        )
 
 
 async def _close(ws: ServerConnection, code: int, reason: str, timeout: float = 2.0) -> None:

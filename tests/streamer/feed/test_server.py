@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import resource
 import socket
@@ -34,7 +35,7 @@ from websockets.exceptions import ConnectionClosed
 from model import checkpoint
 from model.data import load
 from model.runtime import enable_compile_cache
-from streamer.feed.server import FeedServer
+from streamer.feed.server import FeedServer, _ServedPages
 from streamer.jobs import replay
 from streamer.kafka import tuning
 from streamer.kafka.local import LocalBroker
@@ -633,3 +634,11 @@ def test_malformed_http_gets_400_not_a_crash(stack: Stack) -> None:
     dup = b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: a\r\nUpgrade: b\r\n\r\n"
     assert raw(dup).startswith(b"HTTP/1.1 400")
     assert http_status(stack.http("/healthz")) == 200
+
+
+def test_served_pages_are_not_logged_as_rejected_connections() -> None:
+    def rec(code: int) -> logging.LogRecord:
+        return logging.LogRecord("websockets.server", logging.INFO, "x", 1,
+                                 "connection rejected (%d %s)", (code, "X"), None)  # fmt: skip
+
+    assert not _ServedPages().filter(rec(200)) and _ServedPages().filter(rec(404))

@@ -34,6 +34,19 @@ def test_the_filter_demotes_only_not_enough_replicas_warnings() -> None:
     assert f.filter(other) and other.levelno == logging.WARNING
 
 
+def test_a_coordinator_not_ready_yet_is_a_warning_and_other_errors_stay() -> None:
+    f = tuning.CoordinatorNotReadyYet()
+
+    def rec(msg: str) -> logging.LogRecord:
+        name = "aiokafka.consumer.group_coordinator"
+        return logging.LogRecord(name, logging.ERROR, "x", 1, msg, None, None)
+
+    early = rec("Group Coordinator Request failed: [Error 15] GroupCoordinatorNotAvailableError")
+    assert f.filter(early) and early.levelno == logging.WARNING
+    other = rec("Group Coordinator Request failed: [Error 25] UnknownMemberIdError")
+    assert f.filter(other) and other.levelno == logging.ERROR
+
+
 def test_importing_the_processor_changes_nothing() -> None:
     import subprocess
     import sys
