@@ -91,12 +91,14 @@ class TrainConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # free-form notes stored in metadata
 
     def __post_init__(self) -> None:
-        """Refuse values that cannot train a model (ValueError naming the field): a step,
-        batch, chunk or pass count below 1, a learning rate not above 0, fractions outside
-        [0, 1) that leave no training data, a time budget not above 0."""
-        for name in ("batch_size", "chunks", "max_steps", "eval_every", "patience"):
+        """Refuse values that cannot train a model (ValueError naming the field): a batch,
+        chunk or pass count below 1, a negative step count, a learning rate not above 0,
+        fractions outside [0, 1) that leave no training data, a time budget not above 0."""
+        for name in ("batch_size", "chunks", "eval_every", "patience"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+        if self.max_steps < 0:  # 0: no step (a fine-tune then returns its starting model)
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
         if self.bptt < 0:
             raise ValueError(f"bptt must be >= 0 (0: the window), got {self.bptt}")
         if not self.learning_rate > 0:

@@ -69,6 +69,9 @@ UNIT_BOUNDS = ((1e11, "s"), (1e14, "ms"), (1e17, "us"), (1e20, "ns"))
 # seconds) but a year (2019), a date without separators (190102), an Excel serial day
 # (43000) or a row number: rejected, not read as a day in 1970. `ts_unit="s"` accepts it.
 MIN_INFERRED = 1e8
+# 12-digit integers that may spell YYYYMMDDHHMM (years 1900-2199): as epoch ms they would be
+# 1976; the Kafka fast path leaves these to `parse_ts`, which tries the date first.
+CALENDAR_12 = (190_000_000_000, 220_000_000_000)
 
 REJECT_REASONS = (
     "bad_json",  # not parseable JSON
@@ -192,9 +195,9 @@ def _epoch_int(v: int, unit: str | None, raw: object) -> int:
 def _epoch_float(v: float, unit: str | None, raw: object) -> int:
     if not math.isfinite(v):
         raise Bad("bad_ts", f"ts {raw!r} is not a number")
+    if v == math.floor(v):  # as its integer: `20230102.0` (pandas writes those) is a date
+        return _epoch_int(int(v), unit, raw)
     u = unit or _unit_of(abs(v), raw)
-    if v == math.floor(v):
-        return _epoch_int(int(v), u, raw)
     if u != "s":  # a fraction of a second is fine; of a millisecond or less is not a time
         raise Bad("bad_ts", f"ts {raw!r} is not a whole epoch {u} number")
     return _check_ms(math.floor(v * 1000 + 1e-6), u, raw)

@@ -117,6 +117,9 @@ def _train(args: argparse.Namespace) -> int:
     from model.tickfile import read_options
     from model.train import describe, fit, training_part
 
+    if args.max_steps < 1:  # from scratch, no step would save an untrained model
+        print(f"error: --max-steps must be at least 1, got {args.max_steps}", file=sys.stderr)
+        return 2
     jax()
     series = data.load(args.data, read_options(args))
     tc = TrainConfig(

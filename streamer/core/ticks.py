@@ -28,7 +28,16 @@ from dataclasses import dataclass, field
 import numpy as np
 import orjson
 
-from model.tickparse import MAX_SYMBOL, MAX_TS_MS, REJECT_REASONS, SKIP_REASONS, Bad, Format, Skip
+from model.tickparse import (
+    CALENDAR_12,
+    MAX_SYMBOL,
+    MAX_TS_MS,
+    REJECT_REASONS,
+    SKIP_REASONS,
+    Bad,
+    Format,
+    Skip,
+)
 from model.tickparse import make_format as make_format
 
 MIN_FAST_MS = 100_000_000_000  # smaller integers are epoch seconds: the parser scales them
@@ -137,6 +146,7 @@ def decode(
                 and (type(price) is float or type(price) is int)
                 and 0 < price < inf
                 and MIN_FAST_MS <= ts <= MAX_TS_MS
+                and not CALENDAR_12[0] <= ts < CALENDAR_12[1]
                 and 0 < len(symbol) <= MAX_SYMBOL
                 and (key is None or key == symbol.encode())
             ):

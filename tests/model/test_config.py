@@ -12,7 +12,7 @@ from model.config import TrainConfig
     [
         ({"batch_size": 0}, "batch_size must be at least 1, got 0"),
         ({"batch_size": -3}, "batch_size must be at least 1, got -3"),
-        ({"max_steps": 0}, "max_steps must be at least 1"),
+        ({"max_steps": -1}, "max_steps must be >= 0"),
         ({"chunks": 0}, "chunks must be at least 1"),
         ({"eval_every": 0}, "eval_every must be at least 1"),
         ({"learning_rate": -1.0}, "learning_rate must be > 0"),

@@ -278,6 +278,8 @@ def test_a_record_no_rule_foresaw_is_rejected_never_raised(record: dict[str, obj
         ("20230102", 1672617600000),
         (202404120930, 1712914200000),  # YYYYMMDDHHMM, not 1976 in epoch ms
         (20240412093015, 1712914215000),  # YYYYMMDDHHMMSS, not after 2200 in epoch ms
+        (20230102.0, 1672617600000),  # as pandas writes an integer column with a NaN
+        (202404120930.0, 1712914200000),
         (1712900003, 1712900003000),  # epoch seconds stay epoch seconds
     ],
 )

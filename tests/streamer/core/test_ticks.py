@@ -108,3 +108,12 @@ def test_poison_records_are_dead_letters_not_crashes() -> None:
         assert {b.index for b in bad} >= {0, 1, 2}, (spec, bad)
     good, bad = decode(values, [None] * len(values))
     assert [b.reason for b in bad] == ["bad_ts", "bad_json", "bad_ts"] and len(good) == 1
+
+
+def test_the_kafka_fast_path_reads_a_12_digit_date_as_the_file_path_does() -> None:
+    """202404120930 is 2024-04-12 09:30 in a file; as epoch ms it would be 1976. The fast
+    path leaves such values to the parser, so Kafka reads it as the file does."""
+    good, bad = decode([encode("X", 202404120930, 1.0)], [b"X"])
+    assert bad == [] and good.ts == [1712914200000]
+    good, _ = decode([encode("X", 1712900003000, 1.0)], [b"X"])  # real ms: unchanged
+    assert good.ts == [1712900003000]

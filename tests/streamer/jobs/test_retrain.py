@@ -63,8 +63,9 @@ def _latest(s):
 def test_one_shot_promotes_on_the_new_regime_and_announces(kafka, tmp_path, drift, champion_dir):
     s = fresh_settings(kafka.bootstrap, registry=str(tmp_path / "reg"))
     ticks = list(interleave(drift))
-    bad = [(b"S000", b"{not json", None), (b"S001", b'{"symbol":"S001","ts":1,"price":-3}', None),
-           (b"XX", b'{"symbol":"S002","ts":1,"price":3}', None)]  # fmt: skip
+    bad = [(b"S000", b"{not json", None),
+           (b"S001", b'{"symbol":"S001","ts":1700000000000,"price":-3}', None),
+           (b"XX", b'{"symbol":"S002","ts":1700000000000,"price":3}', None)]  # fmt: skip
     stale = [("S000", int(drift[0].ts[HALF + 10]), 1.0, 1.0)]  # older than its predecessor
     asyncio.run(produce_raw(s, tick_records(ticks) + bad + tick_records(stale)))
     since = int(drift[0].ts[HALF])  # regime two only

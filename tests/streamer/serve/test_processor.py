@@ -131,12 +131,16 @@ def test_malformed_ticks_go_to_the_dlq_with_reasons(
         (b"{oops", b"SYN0000", "bad_json"),
         (b"[1]", b"SYN0000", "not_object"),
         (b'{"symbol": "SYN0000", "price": 3.0}', b"SYN0000", "missing_field"),
-        (b'{"symbol": "SYN0000", "ts": 1, "price": [3.0]}', b"SYN0000", "bad_type"),
-        (b'{"symbol": "", "ts": 1, "price": 3.0}', b"", "bad_symbol"),
-        (encode("SYN0001", 1, 3.0), b"SYN0000", "key_mismatch"),
-        (b'{"symbol": "SYN0000", "ts": 1, "price": NaN}', b"SYN0000", "bad_price"),
-        (b'{"symbol": "SYN0000", "ts": 1, "price": -2}', b"SYN0000", "bad_price"),
-        (b'{"symbol": "SYN0000", "ts": 1, "price": 2, "volume": -5}', b"SYN0000", "bad_volume"),
+        (b'{"symbol": "SYN0000", "ts": 1700000000000, "price": [3.0]}', b"SYN0000", "bad_type"),
+        (b'{"symbol": "", "ts": 1700000000000, "price": 3.0}', b"", "bad_symbol"),
+        (encode("SYN0001", 1700000000000, 3.0), b"SYN0000", "key_mismatch"),
+        (b'{"symbol": "SYN0000", "ts": 1700000000000, "price": NaN}', b"SYN0000", "bad_price"),
+        (b'{"symbol": "SYN0000", "ts": 1700000000000, "price": -2}', b"SYN0000", "bad_price"),
+        (
+            b'{"symbol": "SYN0000", "ts": 1700000000000, "price": 2, "volume": -5}',
+            b"SYN0000",
+            "bad_volume",
+        ),
         (b'{"symbol": "SYN0000", "ts": -4, "price": 2}', b"SYN0000", "bad_ts"),
     ]
     records: list[tuple[bytes | None, bytes | None, int | None]] = []
