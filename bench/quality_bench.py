@@ -11,6 +11,7 @@ as committed at `--old` (default: the scalar loop, before vectorising), read wit
 `git show`.
 
     python bench/quality_bench.py [--old REF] [--sizes 1,100,1000,10000] [--repeats 30]
+        [--one-symbol]   # batches of N ticks of one symbol (a trade stream's burst)
 """
 
 from __future__ import annotations
@@ -45,12 +46,19 @@ def old_module(ref: str) -> types.ModuleType:
     return mod
 
 
-def batches(n: int, count: int, rng: np.random.Generator) -> list[tuple[Any, ...]]:
-    symbols = [f"S{i}" for i in range(n)]
-    level = 10.0 ** rng.uniform(-8, 9, n)
+def batches(
+    n: int, count: int, rng: np.random.Generator, one_symbol: bool = False
+) -> list[tuple[Any, ...]]:
+    """`count` batches of one tick of each of `n` symbols, or (`one_symbol`) of `n` ticks
+    of one symbol (a trade stream's burst)."""
+    symbols = ["S0"] * n if one_symbol else [f"S{i}" for i in range(n)]
+    level = np.full(n, 123.0) if one_symbol else 10.0 ** rng.uniform(-8, 9, n)
     out = []
     for _ in range(count):
-        level = level * np.exp(rng.normal(0, 0.01, n))
+        if one_symbol:
+            level = level[-1] * np.exp(np.cumsum(rng.normal(0, 0.001, n)))
+        else:
+            level = level * np.exp(rng.normal(0, 0.01, n))
         point = level * np.exp(rng.normal(0, 0.002, n))
         out.append((symbols, level.copy(), point, point * 0.98, point * 1.02, "v1",
                     np.zeros(n, bool)))  # fmt: skip
@@ -62,15 +70,17 @@ def main() -> None:
     ap.add_argument("--old", default=OLD_DEFAULT, help="git ref of the old model/quality.py")
     ap.add_argument("--sizes", default="1,100,1000,10000")
     ap.add_argument("--repeats", type=int, default=30)
+    ap.add_argument("--one-symbol", action="store_true",
+                    help="batches of N ticks of one symbol instead of one tick of N symbols")  # fmt: skip
     a = ap.parse_args()
     old = old_module(a.old)
     rng = np.random.default_rng(0)
     print(f"# {platform.processor() or platform.machine()}, {platform.python_version()}, "
           f"numpy {np.__version__}; old = {a.old}, new = working tree")  # fmt: skip
-    print(f"{'symbols':>8} {'old µs/call':>12} {'new µs/call':>12} {'old µs/fc':>10} "
+    print(f"{'ticks of 1' if a.one_symbol else 'symbols':>8} {'old µs/call':>12} {'new µs/call':>12} {'old µs/fc':>10} "
           f"{'new µs/fc':>10} {'new/old':>8}")  # fmt: skip
     for n in (int(x) for x in a.sizes.split(",")):
-        data = batches(n, 70 + a.repeats, rng)
+        data = batches(n, 70 + a.repeats, rng, a.one_symbol)
         scorers = {"old": old.Scorer(60), "new": quality.Scorer(60)}
         times: dict[str, list[float]] = {"old": [], "new": []}
         for k, b in enumerate(data):
@@ -79,7 +89,7 @@ def main() -> None:
                 res = scorers[name].update(*b)
                 dt = time.perf_counter() - t0
                 if k >= 70:
-                    assert len(res) == n
+                    assert len(res) == n or a.one_symbol
                     times[name].append(dt)
         o, w = (statistics.median(times[x]) * 1e6 for x in ("old", "new"))
         print(f"{n:>8} {o:>12.1f} {w:>12.1f} {o / n:>10.2f} {w / n:>10.2f} {w / o:>8.2f}")

@@ -57,6 +57,7 @@ ALPHA = 0.1  # the interval's miss rate: central 90%
 LAMBDA = 0.94  # RiskMetrics (1996) decay for daily data
 Z90 = 1.6448536269514722  # Phi^-1(0.95): half-width of a central 90% Gaussian interval in sd
 COUNT, LAST, VAR, POINT, LOWER, UPPER, PENDING = range(7)  # columns of `Scorer.state`
+MIN_ROUND = 16  # a round of fewer ticks costs more in numpy calls than one by one
 
 
 def winkler(
@@ -184,11 +185,14 @@ class Scorer:
     forecast its symbol's previous tick made. Per symbol it holds the tick count, the last
     price, the EWMA variance and the pending forecast, one row of a numpy array (about 175
     bytes a symbol with its dict entry, measured with tracemalloc); at most `max_symbols`
-    symbols are held once an `update` returns (the least recently updated dropped first; a
-    dropped symbol warms up again).
+    symbols are held once an `update` returns (the least recently updated dropped first,
+    down to 90%; a dropped symbol warms up again).
 
     One `update` is vectorised: a batch holding k ticks of one symbol is folded in k
-    rounds, each a handful of numpy operations over the symbols ticking in it.
+    rounds, each a handful of numpy operations over the symbols ticking in it; once a
+    round would hold fewer than `MIN_ROUND` ticks (a small batch, the tail of a burst of
+    one symbol), the remaining ticks are folded one by one (plain floats). Past
+    `max_symbols`, the least recently updated tenth goes at once.
 
     Args:
       window: ticks a symbol needs before its forecasts are scored (the model's window).
@@ -282,25 +286,75 @@ class Scorer:
         y = np.asarray(price, np.float64)
         cols = np.column_stack([y, point, lower, upper, code]).astype(np.float64, copy=False)
         warm = np.zeros(n, bool) if warming is None else np.asarray(warming, bool)
-        self.used[rows] = self._clock + np.arange(n)  # the last occurrence wins
+        np.maximum.at(self.used, rows, self._clock + np.arange(n))  # a symbol's last tick
         self._clock += n
         if len(set(symbols)) == n:  # the usual batch: one tick per symbol, one round
-            rounds = [np.arange(n)]
+            rank = np.zeros(n, np.int64)
         else:  # the k-th tick of each symbol goes in round k
             order = np.argsort(rows, kind="stable")
             head = np.ones(n, bool)
             head[1:] = rows[order][1:] != rows[order][:-1]
             rank = np.empty(n, np.int64)
             rank[order] = np.arange(n) - np.maximum.accumulate(np.where(head, np.arange(n), 0))
-            rounds = [np.flatnonzero(rank == k) for k in range(int(rank.max()) + 1)]
+        # Rounds shrink as k grows; from the first under MIN_ROUND ticks on, one by one.
+        sizes = np.bincount(rank)
+        top = int(np.argmax(sizes < MIN_ROUND)) if (sizes < MIN_ROUND).any() else len(sizes)
+        rounds = (
+            [np.arange(n)]
+            if top == 1 and len(sizes) == 1
+            else [np.flatnonzero(rank == k) for k in range(top)]
+        )
+        rest = np.flatnonzero(rank >= top)
         done = []
         with np.errstate(invalid="ignore", divide="ignore"):
             for i in rounds:
                 i = i[(y[i] > 0) & np.isfinite(y[i])]
                 done.append(self._round(i, rows[i], cols[i], warm[i]))
-        if len(self._row) > self.max_symbols:
-            self._evict(len(self._row) - self.max_symbols)
+        if len(rest):
+            done.append(self._one_by_one(rest, rows, cols, warm))
+        if len(self._row) > self.max_symbols:  # down to 90%: a full scan every 10% of churn
+            self._evict(len(self._row) - self.max_symbols + self.max_symbols // 10)
         return self._resolved(done)
+
+    def _one_by_one(
+        self, idx: np.ndarray, rows: np.ndarray, cols: np.ndarray, warm: np.ndarray
+    ) -> Any:
+        """`_round`'s rules one tick at a time, in input order, on plain floats: for
+        rounds too small for numpy to pay (a one-symbol stream would otherwise make a round
+        of every tick)."""
+        floor, w = 1.0 - self.lam, self.window  # the gain: max(1 / count, 1 - lam)
+        out_i: list[int] = []
+        out_st: list[list[float]] = []
+        out_y: list[float] = []
+        held: dict[int, list[float]] = {}  # row -> its state, written back at the end
+        rows_l = rows[idx].tolist()
+        for i, r, (y, f, lo, hi, code), wm in zip(
+            idx.tolist(), rows_l, cols[idx].tolist(), warm[idx].tolist(), strict=True
+        ):
+            if not (y > 0 and math.isfinite(y)):
+                continue
+            st = held.get(r)
+            if st is None:
+                st = held[r] = self.state[r].tolist()
+            count, last, var = st[COUNT], st[LAST], st[VAR]
+            if st[PENDING] >= 0:
+                out_i.append(i)
+                out_st.append(st.copy())
+                out_y.append(y)
+            if count >= 1:
+                ret = math.log(y / last)
+                if count == 1:
+                    var = ret * ret
+                else:
+                    gain = 1.0 / count
+                    var += (gain if gain > floor else floor) * (ret * ret - var)
+            count += 1
+            ok = count >= w and not wm and f > 0 and lo > 0 and hi > 0 and var >= 0
+            st[:] = (count, y, var, f, lo, hi, code if ok else -1.0)
+        for r, st in held.items():
+            self.state[r] = st
+        return (np.asarray(out_i, np.int64), np.asarray(out_st, np.float64).reshape(-1, 7),
+                np.asarray(out_y, np.float64))  # fmt: skip
 
     def _round(self, i: np.ndarray, r: np.ndarray, c: np.ndarray, warm: np.ndarray) -> Any:
         """Fold one tick of each of the distinct rows `r` (`c [m, 5]`: price, point, lower,

@@ -121,13 +121,16 @@ class Hub:
         for sym, value in zip(symbols, values, strict=True):
             latest.pop(sym, None)  # to the end: the most recent
             latest[sym] = value
-        if points is not None:
-            self.points.add(symbols, points)
-        if len(latest) > self.max_symbols:
+        if len(latest) > self.max_symbols:  # before adding points, so rows are reused
             gone = list(itertools.islice(latest, len(latest) - self.max_symbols))
             for sym in gone:
                 del latest[sym]
             self.points.drop(gone)
+            if points is not None and len(symbols) > self.max_symbols:  # some of them went
+                keep = [k for k, sym in enumerate(symbols) if sym in latest]
+                symbols, points = [symbols[k] for k in keep], points[keep]
+        if points is not None:
+            self.points.add(symbols, points)
         for listener in list(self._listeners):
             try:
                 listener(symbols, values)

@@ -179,15 +179,15 @@ def reference_scores(batches: list[tuple[Any, ...]], window: int) -> list[tuple[
 
 @pytest.mark.parametrize("seed", range(6))
 def test_vectorised_scorer_equals_the_scalar_rules(seed: int) -> None:
-    """Random batches: symbols repeating within a batch (up to 5 ticks), bad prices, NaN
-    and non-positive forecasts, warming flags, two versions; scores equal the scalar rules'."""
+    """Random batches: symbols repeating within a batch, bad prices, NaN and non-positive
+    forecasts, warming flags, two versions; scores equal the scalar rules'."""
     rng = np.random.default_rng(seed)
-    syms = [f"S{k}" for k in range(12)]
+    syms = [f"S{k}" for k in range(60)]
     level = {s: 10.0 ** rng.uniform(-8, 9) for s in syms}
     batches = []
-    for _ in range(40):
-        n = int(rng.integers(0, 30))
-        symbols = list(rng.choice(syms[: int(rng.integers(1, 13))], n))
+    for _ in range(40):  # small batches (one by one) and large ones (numpy rounds, a tail)
+        n = int(rng.integers(0, 30 if rng.random() < 0.5 else 200))
+        symbols = list(rng.choice(syms[: int(rng.integers(1, 61))], n))
         price = np.array([level[s] * np.exp(rng.normal(0, 0.01)) for s in symbols])
         price[rng.random(n) < 0.05] = rng.choice([0.0, -1.0, np.nan, np.inf])
         point = price * np.exp(rng.normal(0, 0.005, n))
@@ -222,3 +222,18 @@ def test_the_least_recently_updated_symbols_go_first() -> None:
     assert len(sc.update(["A"], one, one, one * 0.9, one * 1.1, "v")) == 0
     sc.forget(["C", "Z"])
     assert len(sc) == 2
+
+
+def test_a_batch_of_one_symbols_many_ticks_equals_the_scalar_rules() -> None:
+    """A one-symbol stream (a trade feed) puts hundreds of one symbol's ticks in a batch:
+    four rounds with numpy, the rest one by one; the same scores either way."""
+    rng = np.random.default_rng(5)
+    price = 30000 * np.exp(np.cumsum(rng.normal(0, 1e-3, 500)))
+    fc = price * np.exp(rng.normal(0, 5e-4, 500))
+    warm = np.zeros(500, bool)
+    cols = (["BTC"] * 500, price, fc, fc * 0.999, fc * 1.001, ["v"] * 500, warm)
+    ref = reference_scores([cols], window=60)
+    res = Scorer(window=60).update(*cols[:5], cols[5], warm)
+    assert len(res) == len(ref) == 500 - 60
+    assert res.e_model.tolist() == pytest.approx([r[1] for r in ref], rel=1e-12)
+    assert res.width_rw.tolist() == pytest.approx([r[4] for r in ref], rel=1e-12)

@@ -69,3 +69,15 @@ def test_the_hub_holds_at_most_max_symbols_dropping_the_least_recently_published
     assert list(hub.latest) == ["A", "D", "E"]
     assert len(hub.points) == 3 and len(hub.points.get("B")) == 0
     assert len(hub.points.get("A")) == 2  # A's two points survived
+
+
+def test_at_the_bound_a_new_symbol_reuses_a_row_and_a_huge_batch_keeps_its_newest() -> None:
+    hub = Hub(snapshot_points=2, max_symbols=64)  # 64: the points' first capacity
+    pts = np.ones((1, 5))
+    for k in range(65):
+        hub.publish([f"S{k}"], [b"x"], pts)
+    assert len(hub.latest) == len(hub.points) == 64 and len(hub.points._buf) == 64
+    syms = [f"N{k}" for k in range(100)]
+    hub.publish(syms, [b"y"] * 100, np.ones((100, 5)))
+    assert list(hub.latest) == syms[-64:] and len(hub.points) == 64
+    assert len(hub.points.get("N99")) == 1 and len(hub.points.get("N0")) == 0
