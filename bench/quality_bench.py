@@ -71,13 +71,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="1,100,1000,10000")
     ap.add_argument("--repeats", type=int, default=30)
     ap.add_argument("--one-symbol", action="store_true",
-                    help="batches of N ticks of one symbol instead of one tick of N symbols")  # fmt: skip
+                    help="batches of N ticks of one symbol, not 1 tick of N symbols")  # fmt: skip
     a = ap.parse_args()
     old = old_module(a.old)
     rng = np.random.default_rng(0)
     print(f"# {platform.processor() or platform.machine()}, {platform.python_version()}, "
           f"numpy {np.__version__}; old = {a.old}, new = working tree")  # fmt: skip
-    print(f"{'ticks of 1' if a.one_symbol else 'symbols':>8} {'old µs/call':>12} {'new µs/call':>12} {'old µs/fc':>10} "
+    first = "ticks of 1" if a.one_symbol else "symbols"
+    print(f"{first:>8} {'old µs/call':>12} {'new µs/call':>12} {'old µs/fc':>10} "
           f"{'new µs/fc':>10} {'new/old':>8}")  # fmt: skip
     for n in (int(x) for x in a.sizes.split(",")):
         data = batches(n, 70 + a.repeats, rng, a.one_symbol)
