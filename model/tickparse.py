@@ -186,6 +186,8 @@ def _epoch_int(v: int, unit: str | None, raw: object) -> int:
     """Exact integer scaling (floor to the millisecond); with the unit inferred, an integer
     spelling a calendar date or time (`_calendar_ms`) is read as one."""
     if unit is None and (ms := _calendar_ms(v)) is not None:
+        if ms < 0:
+            raise Bad("bad_ts", f"ts {raw!r} read as a date (YYYYMMDD[HHMM[SS]]) is before 1970")
         return ms
     u = unit or _unit_of(abs(v), raw)
     mul, div = _FACTOR[u]
@@ -198,9 +200,10 @@ def _epoch_float(v: float, unit: str | None, raw: object) -> int:
     if v == math.floor(v):  # as its integer: `20230102.0` (pandas writes those) is a date
         return _epoch_int(int(v), unit, raw)
     u = unit or _unit_of(abs(v), raw)
-    if u != "s":  # a fraction of a second is fine; of a millisecond or less is not a time
-        raise Bad("bad_ts", f"ts {raw!r} is not a whole epoch {u} number")
-    return _check_ms(math.floor(v * 1000 + 1e-6), u, raw)
+    if u == "s":  # the 1e-6 keeps 1735689600.25 s at 1735689600250 ms despite binary floats
+        return _check_ms(math.floor(v * 1000 + 1e-6), u, raw)
+    mul, div = _FACTOR[u]  # a fraction of a ms, us or ns (time.time() * 1000) is floored
+    return _check_ms(math.floor(v * mul / div), u, raw)
 
 
 def parse_ts(v: object, unit: str | None = None) -> int:
@@ -224,6 +227,8 @@ def parse_ts(v: object, unit: str | None = None) -> int:
             except ValueError:  # longer than Python converts (4300 digits)
                 raise Bad("bad_ts", f"ts {v[:40]!r} is too long to be a time") from None
             return _epoch_int(n, unit, v)
+        if not s.isascii():  # float() and fromisoformat() read other scripts' digits
+            raise Bad("bad_ts", f"ts {v[:40]!r}: epoch number or ISO-8601 in ASCII expected")
         try:
             d = datetime.fromisoformat(s[:-1] + "+00:00" if s[-1:] in "Zz" else s)
         except ValueError:

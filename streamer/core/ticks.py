@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
 import numpy as np
 import orjson
@@ -187,11 +188,17 @@ def decode(
 
 
 def encode(symbol: str, ts_ms: int, price: float, volume: float | None = None) -> bytes:
-    """The JSON value of one tick (what `tickcast replay` publishes)."""
+    """The JSON value of one tick (what `tickcast replay` publishes). `ts` is epoch ms, or
+    ISO-8601 for the ms of 1976 that would spell a `YYYYMMDDHHMM` date (which the parser
+    reads as that date): so every time reads back as itself."""
+    ts: int | str = int(ts_ms)
+    if CALENDAR_12[0] <= ts < CALENDAR_12[1]:
+        when = datetime.fromtimestamp(ts / 1000, UTC)
+        ts = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts % 1000:03d}Z"
     if volume is None or not math.isfinite(volume):
-        return orjson.dumps({"symbol": symbol, "ts": int(ts_ms), "price": float(price)})
+        return orjson.dumps({"symbol": symbol, "ts": ts, "price": float(price)})
     return orjson.dumps(
-        {"symbol": symbol, "ts": int(ts_ms), "price": float(price), "volume": float(volume)}
+        {"symbol": symbol, "ts": ts, "price": float(price), "volume": float(volume)}
     )
 
 

@@ -38,6 +38,8 @@ JAN_2025_MS = 1735689600000  # 2025-01-01T00:00:00Z
         ("2025-01-01 00:00:00.5", JAN_2025_MS + 500),  # naive: UTC
         ("2025-01-01", JAN_2025_MS),  # a date (Yahoo's Date column)
         ("2024-04-12T05:33:23.123456Z", 1712900003123),  # Coinbase's microseconds
+        (1735689600000.5, JAN_2025_MS),  # a fraction of a ms (time.time() * 1000): floored
+        (1735689600000123.9, JAN_2025_MS),  # of a microsecond
     ],
 )
 def test_timestamps_of_every_unit_become_epoch_ms(raw: object, ms: int) -> None:
@@ -91,7 +93,9 @@ def test_forced_unit() -> None:
         ("1969-12-31T23:59:59Z", "'1969-12-31T23:59:59Z' read as epoch ISO-8601 is before 1970"),
         ("2201-01-01", "after 2200"),
         ("yesterday", "'yesterday': epoch number or ISO-8601 expected"),
-        (1735689600000.5, "not a whole epoch ms number"),
+        (19650315, "read as a date .* is before 1970"),  # a date, but before the epoch
+        (196503150930, "read as a date .* is before 1970"),
+        ("１７９６０３９０００", "in ASCII expected"),  # full-width digits
         (True, "got bool"),
         (float("nan"), "not a number"),
     ],
