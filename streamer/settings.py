@@ -72,23 +72,35 @@ class Settings:
     format: str = "tickcast"  # record format of the ticks topic (model.tickparse)
     ts_unit: str = "auto"  # epoch unit of numeric ts: auto (per value), s, ms, us, ns
 
-    def __post_init__(self) -> None:
-        """Refuse values no run could use (ValueError naming the setting): a port outside
-        0-65535 (0: none or any free one), a count or a timeout below 1."""
-        for name in ("metrics_port", "feed_port"):
-            if not 0 <= getattr(self, name) <= 65535:
-                raise ValueError(f"{name} must be 0-65535, got {getattr(self, name)}")
-        for name in POSITIVE:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
+    def check(self, names: Iterable[str] | None = None) -> None:
+        """Refuse values no run could use, among `names` (None: every setting); raises
+        ValueError naming the setting. A port outside 0-65535 (0: none, or any free one);
+        a count or a Kafka timeout below 1; a time in seconds or a rate not above 0
+        (`feed_frames_per_s` 0 means no limit)."""
+        for name in names if names is not None else NAMES:
+            v = getattr(self, name)
+            if name in PORTS and not 0 <= v <= 65535:
+                raise ValueError(f"{name} must be 0-65535, got {v}")
+            if name in POSITIVE and not v >= 1:
+                raise ValueError(f"{name} must be at least 1, got {v}")
+            if name in ABOVE_ZERO and not v > 0:
+                raise ValueError(f"{name} must be > 0, got {v}")
+            if name == "feed_frames_per_s" and not v >= 0:
+                raise ValueError(f"{name} must be >= 0 (0: no limit), got {v}")
 
 
+PORTS = ("metrics_port", "feed_port")
 # Settings whose value must be >= 1 (counts of things, and Kafka's timeouts in ms).
 POSITIVE = (
     "num_partitions", "replication_factor", "max_symbols", "max_poll_records",
     "checkpoint_max_records", "session_timeout_ms", "heartbeat_interval_ms",
     "max_poll_interval_ms", "feed_max_connections", "feed_max_symbols", "feed_max_frame",
     "feed_hub_symbols",
+)  # fmt: skip
+# Times in seconds and rates that must be > 0.
+ABOVE_ZERO = (
+    "idle_evict_s", "state_max_age_s", "checkpoint_interval_s", "feed_client_msgs_per_s",
+    "feed_slow_close_s", "feed_heartbeat_s",
 )  # fmt: skip
 
 
@@ -244,7 +256,10 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
 
 
 def from_args(ns: argparse.Namespace) -> Settings:
-    """Settings from parsed flags (fields without a flag keep their environment value)."""
+    """Settings from parsed flags (fields without a flag keep their environment value);
+    raises ValueError for a value of the command's settings that no run could use."""
     base = from_env()
     given = {f.name: getattr(ns, f.name) for f in fields(Settings) if hasattr(ns, f.name)}
-    return dataclasses.replace(base, **given)
+    out = dataclasses.replace(base, **given)
+    out.check(given)  # the command's own settings, once the flags have overridden the env
+    return out

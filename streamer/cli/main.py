@@ -60,6 +60,9 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, CheckpointError, ValueError, FileExistsError) as e:  # say what, no traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a port in use, a file that cannot be read or written
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     except Exception as e:
         from aiokafka.errors import KafkaConnectionError
 

@@ -191,10 +191,11 @@ def encode(symbol: str, ts_ms: int, price: float, volume: float | None = None) -
     """The JSON value of one tick (what `tickcast replay` publishes). `ts` is epoch ms, or
     ISO-8601 for the ms of 1976 that would spell a `YYYYMMDDHHMM` date (which the parser
     reads as that date): so every time reads back as itself."""
-    ts: int | str = int(ts_ms)
-    if CALENDAR_12[0] <= ts < CALENDAR_12[1]:
-        when = datetime.fromtimestamp(ts / 1000, UTC)
-        ts = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ts % 1000:03d}Z"
+    ms = int(ts_ms)
+    ts: int | str = ms
+    if CALENDAR_12[0] <= ms < CALENDAR_12[1]:
+        when = datetime.fromtimestamp(ms / 1000, UTC)
+        ts = when.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
     if volume is None or not math.isfinite(volume):
         return orjson.dumps({"symbol": symbol, "ts": ts, "price": float(price)})
     return orjson.dumps(

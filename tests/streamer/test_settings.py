@@ -63,21 +63,39 @@ def test_old_names_still_work_with_a_warning(monkeypatch: pytest.MonkeyPatch) ->
 
 
 @pytest.mark.parametrize(
-    ("env", "said"),
+    ("env", "argv", "code", "said"),
     [
-        ({"TICKCAST_NUM_PARTITIONS": "abc"}, "TICKCAST_NUM_PARTITIONS='abc'"),
-        ({"TICKCAST_EXACTLY_ONCE": "maybe"}, "not a boolean: 'maybe'"),
-        ({"TICKCAST_FEED_PORT": "99999"}, "feed_port must be 0-65535, got 99999"),
-        ({"TICKCAST_MAX_SYMBOLS": "0"}, "max_symbols must be at least 1, got 0"),
+        ({"TICKCAST_NUM_PARTITIONS": "abc"}, ["serve", "--help"], 2, "NUM_PARTITIONS='abc'"),
+        ({"TICKCAST_EXACTLY_ONCE": "maybe"}, ["serve", "--help"], 2, "not a boolean: 'maybe'"),
+        ({"TICKCAST_FEED_PORT": "99999"}, ["serve"], 2, "feed_port must be 0-65535, got 99999"),
+        ({"TICKCAST_MAX_SYMBOLS": "0"}, ["serve"], 2, "max_symbols must be at least 1, got 0"),
+        # The flag wins over the environment; a time must be > 0.
+        (
+            {"TICKCAST_MAX_SYMBOLS": "0"},
+            ["serve", "--max-symbols", "5", "--feed-heartbeat-s", "0"],
+            2,
+            "feed_heartbeat_s must be > 0, got 0.0",
+        ),
+        # A command is not refused for a setting it does not use.
+        ({"TICKCAST_FEED_PORT": "70000"}, ["watch", "--help"], 0, "usage:"),
     ],
 )
 def test_a_bad_setting_is_an_error_naming_it_not_a_traceback(
-    env: dict[str, str], said: str
+    env: dict[str, str], argv: list[str], code: int, said: str
 ) -> None:
-    proc = subprocess.run([sys.executable, "-m", "streamer", "serve", "--help"],
+    proc = subprocess.run([sys.executable, "-m", "streamer", *argv, "--kafka-bootstrap",
+                           "127.0.0.1:1"] if argv[0] == "serve" and "--help" not in argv
+                          else [sys.executable, "-m", "streamer", *argv],
                           env={**os.environ, **env}, capture_output=True, text=True,
                           cwd=ROOT, timeout=120)  # fmt: skip
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert said in proc.stderr
+    assert proc.returncode == code and "Traceback" not in proc.stderr, proc.stderr
+    assert said in proc.stderr + proc.stdout
+
+
+def test_check_names_the_setting() -> None:
     with pytest.raises(ValueError, match="feed_port must be 0-65535"):
-        st.Settings(feed_port=65536)
+        st.Settings(feed_port=65536).check()
+    st.Settings(feed_port=65536).check(["max_symbols"])  # only the names asked for
+    with pytest.raises(ValueError, match="feed_frames_per_s must be >= 0"):
+        st.Settings(feed_frames_per_s=-1).check()
+    st.Settings(feed_frames_per_s=0, feed_port=0, metrics_port=0).check()  # 0: none / no limit

@@ -104,3 +104,17 @@ def test_replay_flags_and_an_unreachable_broker_are_errors_not_tracebacks() -> N
                     check=False)  # fmt: skip
     assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr
     assert f"error: cannot reach Kafka at {down}" in proc.stderr
+
+
+def test_serve_on_a_feed_port_in_use_is_an_error_not_a_traceback() -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        proc = tickcast("serve", "--feed-port", str(port), "--kafka-bootstrap",
+                        f"127.0.0.1:{free_port()}", "--no-precompile", "--metrics-port", "0",
+                        check=False)  # fmt: skip
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert "address already in use" in proc.stderr
