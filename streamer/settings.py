@@ -258,7 +258,9 @@ def add_arguments(parser: argparse.ArgumentParser, names: Iterable[str]) -> None
 def from_args(ns: argparse.Namespace) -> Settings:
     """Settings from parsed flags (fields without a flag keep their environment value);
     raises ValueError for a value of the command's settings that no run could use."""
-    base = from_env()
+    with warnings.catch_warnings():  # building the parser (`add_arguments`) warned already
+        warnings.simplefilter("ignore", FutureWarning)
+        base = from_env()
     given = {f.name: getattr(ns, f.name) for f in fields(Settings) if hasattr(ns, f.name)}
     out = dataclasses.replace(base, **given)
     out.check(given)  # the command's own settings, once the flags have overridden the env
